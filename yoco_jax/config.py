@@ -1,0 +1,197 @@
+"""Model configuration: one frozen dataclass, YAML files in configs/, `key=value` overrides.
+
+Field names follow the official `YOCOArgs` (params.json) where they overlap, so an official
+`params.json` loads as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+_CHOICES = {
+    "arch": ("yoco", "transformer"),
+    "dtype": ("float32", "bfloat16", "float16"),
+    "param_dtype": ("float32", "bfloat16"),
+    "attention_impl": ("auto", "xla", "pallas"),
+    "remat": ("none", "full", "dots", "dots_with_no_batch_dims"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A YOCO model (or the Transformer baseline with `arch="transformer"`).
+
+    The first `n_layers // 2` layers form the self-decoder (gated retention, or sliding-window
+    attention when `sliding_window` is set), the rest the cross-decoder reading one global KV cache.
+    """
+
+    dim: int
+    n_layers: int
+    hidden_dim: int
+    n_self_heads: int
+    n_attn_heads: int
+    n_attn_kv_heads: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    sliding_window: int | None = None
+    arch: str = "yoco"
+    chunk_size: int = 256  # retention chunk of the chunkwise-parallel form
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    attention_impl: str = "auto"  # auto: pallas on GPU/TPU, xla on CPU
+    remat: str = "none"  # per-layer rematerialization policy
+
+    def __post_init__(self):
+        for key, choices in _CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ConfigError(
+                    f"{key}={getattr(self, key)!r} is not valid; choose one of {', '.join(choices)}"
+                )
+        positive = ["dim", "n_layers", "hidden_dim", "n_self_heads", "n_attn_heads"]
+        positive += ["n_attn_kv_heads", "vocab_size", "chunk_size"]
+        for key in positive:
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{key}={value!r} must be a positive integer")
+        if self.n_layers % 2:
+            raise ConfigError(
+                f"n_layers={self.n_layers} must be even: half self-decoder, half cross-decoder "
+                "(the official code silently drops a layer)"
+            )
+        if self.dim % self.n_self_heads or self.dim % self.n_attn_heads:
+            raise ConfigError(
+                f"dim={self.dim} must be divisible by n_self_heads={self.n_self_heads} "
+                f"and n_attn_heads={self.n_attn_heads}"
+            )
+        if self.n_attn_heads % self.n_attn_kv_heads:
+            raise ConfigError(
+                f"n_attn_heads={self.n_attn_heads} must be a multiple of "
+                f"n_attn_kv_heads={self.n_attn_kv_heads} (grouped-query attention)"
+            )
+        if self.self_head_dim % 2 or self.attn_head_dim % 2:
+            raise ConfigError("head dims (dim / n_self_heads, dim / n_attn_heads) must be even")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ConfigError(f"sliding_window={self.sliding_window} must be positive or null")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ConfigError("rope_theta and norm_eps must be positive")
+
+    @property
+    def self_head_dim(self) -> int:
+        return self.dim // self.n_self_heads
+
+    @property
+    def attn_head_dim(self) -> int:
+        return self.dim // self.n_attn_heads
+
+    @property
+    def half_layers(self) -> int:
+        return self.n_layers // 2
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Turns command-line `key=value` strings into a dict, values parsed as YAML scalars."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. dim=256)")
+        out[key.strip()] = yaml.safe_load(value) if value != "" else None
+    return out
+
+
+def _coerce(cls, key: str, value: Any) -> Any:
+    """Checks `value` against the dataclass field's annotation; ints become floats where wanted."""
+    hint = typing.get_type_hints(cls)[key]
+    allowed = typing.get_args(hint) or (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if int in allowed and isinstance(value, float) and value.is_integer():
+        return int(value)
+    base = [t for t in allowed if t is not type(None)]
+    origin = [typing.get_origin(t) or t for t in base]
+    if (
+        origin
+        and not isinstance(value, tuple(origin))
+        or isinstance(value, bool)
+        and bool not in base
+    ):
+        names = " or ".join(getattr(t, "__name__", str(t)) for t in base)
+        raise ConfigError(f"{key}={value!r} has the wrong type: expected {names}")
+    return value
+
+
+def replace_checked(cfg, **overrides):
+    """`dataclasses.replace` that rejects unknown keys (naming the valid ones) and bad types."""
+    names = [f.name for f in dataclasses.fields(cfg)]
+    for key in overrides:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}.{hint} Valid keys: {', '.join(names)}")
+    values = {k: _coerce(type(cfg), k, v) for k, v in overrides.items()}
+    return dataclasses.replace(cfg, **values)
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("train-"))
+
+
+def from_dict(data: dict[str, Any], **overrides) -> ModelConfig:
+    """Builds a config from a dict (a YAML file or an official params.json) plus overrides.
+
+    Official-only fields that do not change the function (max_batch_size, max_seq_len,
+    model_parallel_size, load_checkpoint) are dropped.
+    """
+    data = {k: v for k, v in data.items() if k not in _OFFICIAL_RUNTIME_FIELDS}
+    required = [f.name for f in dataclasses.fields(ModelConfig) if f.default is dataclasses.MISSING]
+    missing = [k for k in required if k not in data and k not in overrides]
+    if missing:
+        raise ConfigError(f"config is missing required keys: {', '.join(missing)}")
+    placeholder = ModelConfig(
+        dim=8, n_layers=2, hidden_dim=8, n_self_heads=1, n_attn_heads=1, n_attn_kv_heads=1,
+        vocab_size=8,
+    )  # fmt: skip
+    return replace_checked(placeholder, **{**data, **overrides})
+
+
+_OFFICIAL_RUNTIME_FIELDS = (
+    "max_batch_size",
+    "max_seq_len",
+    "model_parallel_size",
+    "load_checkpoint",
+)
+
+
+def get_config(name_or_path: str | os.PathLike, **overrides) -> ModelConfig:
+    """Loads `configs/<name>.yaml`, a YAML/JSON file path, or a folder holding `params.json`."""
+    path = Path(name_or_path)
+    if path.is_dir() and (path / "params.json").exists():
+        path = path / "params.json"
+    elif not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"no config named {str(name_or_path)!r}: give a file path or one of "
+                f"{', '.join(available_configs())}"
+            )
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return from_dict(data, **overrides)

@@ -1,0 +1,168 @@
+"""The official PyTorch layout, in and out: a folder with `params.json` and `model.safetensors`.
+
+Parameter names are the official `state_dict` keys: our linen path with `layers_N` written
+`layers.N` and the leaf renamed `weight` (Linear kernels transposed to torch's `[out, in]`).
+An official `checkpoint.pth` is read when torch is installed.
+
+    python -m yoco_jax.export <training output or official folder> <out folder> [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from yoco_jax.config import ConfigError, ModelConfig, from_dict
+
+# YOCOArgs fields written to params.json (the rest of ModelConfig is ours).
+OFFICIAL_FIELDS = (
+    "dim", "n_layers", "hidden_dim", "n_self_heads", "n_attn_heads", "n_attn_kv_heads",
+    "vocab_size", "rope_theta", "norm_eps", "sliding_window",
+)  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded; the message names the file or key."""
+
+
+def _official_key(path: tuple[str, ...]) -> str:
+    name = ".".join(path[:-1])
+    return re.sub(r"layers_(\d+)", r"layers.\1", name) + ".weight"
+
+
+def to_state_dict(params) -> dict[str, np.ndarray]:
+    """Our params (nested, unboxed) -> {official key: numpy array in torch layout}."""
+    out = {}
+    for path, value in traverse_util.flatten_dict(params).items():
+        value = np.asarray(jax.device_get(value))
+        out[_official_key(path)] = value.T if path[-1] == "kernel" else value
+    return out
+
+
+def from_state_dict(state: dict[str, np.ndarray], template) -> dict:
+    """{official key: array} -> params shaped like `template` (a pytree of arrays or shapes)."""
+    flat = {}
+    missing, wrong = [], []
+    for path, like in traverse_util.flatten_dict(template).items():
+        key = _official_key(path)
+        if key not in state:
+            missing.append(key)
+            continue
+        value = np.asarray(state[key])
+        value = value.T if path[-1] == "kernel" else value
+        if value.shape != tuple(like.shape):
+            expected = like.shape[::-1] if path[-1] == "kernel" else like.shape
+            wrong.append(f"{key}: file {tuple(state[key].shape)}, expected {tuple(expected)}")
+        flat[path] = value.astype(like.dtype)
+    unexpected = sorted(
+        set(state) - {_official_key(p) for p in traverse_util.flatten_dict(template)}
+    )
+    problems = []
+    if missing:
+        problems.append(
+            f"missing keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+        )
+    if wrong:
+        problems.append("wrong shapes: " + "; ".join(wrong[:8]))
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:8])}")
+    if problems:
+        raise CheckpointError(
+            "checkpoint does not match the config (check params.json against the weights): "
+            + " | ".join(problems)
+        )
+    return traverse_util.unflatten_dict(flat)
+
+
+def official_params_json(config: ModelConfig) -> dict:
+    data = {k: getattr(config, k) for k in OFFICIAL_FIELDS}
+    if data["sliding_window"] is None:
+        del data["sliding_window"]
+    return data
+
+
+def write_official(folder, config: ModelConfig, params, dtype: str = "float32") -> Path:
+    """Writes `params.json` and `model.safetensors` (float32 or bfloat16) into `folder`."""
+    from safetensors.numpy import save_file
+
+    if config.arch != "yoco":
+        raise ConfigError("the official layout exists for YOCO models only (arch=yoco)")
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"export dtype={dtype!r}: choose float32 or bfloat16")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np_dtype = np.dtype("float32") if dtype == "float32" else jax.numpy.bfloat16
+    state = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in to_state_dict(params).items()}
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "params.json").write_text(json.dumps(official_params_json(config), indent=2) + "\n")
+    return folder
+
+
+def _read_weights(folder: Path) -> dict[str, np.ndarray]:
+    st, pth = folder / "model.safetensors", folder / "checkpoint.pth"
+    if st.exists():
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(st))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{st} is not a readable safetensors file: {e}") from e
+    if pth.exists():
+        try:
+            import torch
+        except ImportError as e:
+            raise CheckpointError(
+                f"{pth} needs torch to read: pip install 'yoco-jax[torch]', or convert it to "
+                "model.safetensors"
+            ) from e
+        state = torch.load(str(pth), map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        return {k: v.float().numpy() for k, v in state.items()}
+    raise CheckpointError(
+        f"{folder} holds no weights: expected model.safetensors (or checkpoint.pth with torch)"
+    )
+
+
+def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
+    """Reads an official-layout folder -> (config, params); overrides e.g. dtype="bfloat16"."""
+    from yoco_jax.model import build_model
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    if not (folder / "params.json").exists():
+        raise CheckpointError(f"{folder} has no params.json (the official YOCOArgs fields)")
+    try:
+        data = json.loads((folder / "params.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{folder / 'params.json'} is not valid JSON: {e}") from e
+    config = from_dict(data, **overrides)
+    template = jax.eval_shape(
+        lambda: build_model(config).init(jax.random.key(0), np.zeros((1, 1), np.int32))
+    )["params"]
+    template = nn.unbox(template)
+    return config, from_state_dict(_read_weights(folder), template)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="a training output folder or an official-layout folder")
+    parser.add_argument("out", help="folder to write params.json and model.safetensors into")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    from yoco_jax.api import load_pretrained
+
+    model = load_pretrained(args.source)
+    model.save_official(args.out, dtype=args.dtype)
+    print(f"wrote {args.out}/params.json and model.safetensors ({args.dtype})")
+
+
+if __name__ == "__main__":
+    main()

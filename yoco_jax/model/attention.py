@@ -1,0 +1,150 @@
+"""Softmax-attention mixers: sliding-window (YOCO-SWA self-decoder), cross-attention (YOCO
+cross-decoder) and full causal self-attention (the Transformer baseline)."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from yoco_jax.config import ModelConfig
+from yoco_jax.model.cache import KVCache, WindowKV
+from yoco_jax.model.layers import Linear
+from yoco_jax.model.rotary import apply_rotary
+from yoco_jax.ops.attention import (
+    cache_attention,
+    causal_attention,
+    masked_attention,
+    position_mask,
+)
+
+
+def _dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
+    return Linear(features, axes, cfg.dtype, cfg.param_dtype, name=name)
+
+
+def _ring_positions(last: Int[Array, " B"], window: int) -> Int[Array, "B W"]:
+    """Which position each ring slot holds when `last` is the newest one (negative: empty)."""
+    slots = jnp.arange(window)
+    return last[:, None] - (last[:, None] - slots) % window
+
+
+def write_kv(cache: KVCache, k, v, positions, valid) -> KVCache:
+    """Writes new K/V `[B, T, H, D]` at their positions; padding (valid False) writes nothing."""
+    b = k.shape[0]
+    rows = jnp.arange(b)[:, None]
+    cols = jnp.where(valid, positions, cache.k.shape[1])  # out of range -> dropped
+    return KVCache(
+        cache.k.at[rows, cols].set(k.astype(cache.k.dtype), mode="drop"),
+        cache.v.at[rows, cols].set(v.astype(cache.v.dtype), mode="drop"),
+    )
+
+
+class SlidingWindowAttention(nn.Module):
+    """Each token attends to the last `sliding_window` tokens, itself included."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        cache: WindowKV | None = None,
+        valid: Bool[Array, "B T"] | None = None,
+        fresh: bool = False,
+    ) -> tuple[Float[Array, "B T D"], WindowKV | None]:
+        cfg = self.config
+        b, t, dim = x.shape
+        h, d, w = cfg.n_self_heads, cfg.self_head_dim, cfg.sliding_window
+        heads = lambda y: y.reshape(b, t, h, d)
+        q = apply_rotary(
+            heads(_dense(cfg, dim, ("embed", "heads"), "q_proj")(x)), positions, cfg.rope_theta
+        )
+        k = apply_rotary(
+            heads(_dense(cfg, dim, ("embed", "heads"), "k_proj")(x)), positions, cfg.rope_theta
+        )
+        v = heads(_dense(cfg, dim, ("embed", "heads"), "v_proj")(x))
+
+        new_cache = None
+        if cache is None or fresh:
+            o = causal_attention(q, k, v, window=w, impl=cfg.attention_impl)
+        else:
+            old_pos = _ring_positions(positions[:, 0] - 1, w)
+            new_pos = jnp.where(valid, positions, -1)
+            keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1)
+            values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1)
+            mask = position_mask(positions, jnp.concatenate([old_pos, new_pos], axis=1), w)
+            o = masked_attention(q, keys, values, mask)
+        if cache is not None:
+            start = positions[:, 0]
+            slot_pos = _ring_positions(start + valid.sum(axis=1) - 1, w)
+            from_new = (slot_pos >= start[:, None])[..., None, None]
+            idx = jnp.clip(slot_pos - start[:, None], 0, t - 1)[..., None, None]
+            take = lambda new, old: jnp.where(
+                from_new, jnp.take_along_axis(new.astype(old.dtype), idx, axis=1), old
+            )
+            new_cache = WindowKV(take(k, cache.k), take(v, cache.v))
+        out = _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim))
+        return out, new_cache
+
+
+class CrossAttention(nn.Module):
+    """Queries (own projection, rotary) attend causally to the cross-decoder's global K/V."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        k: Float[Array, "B S Hkv D"],
+        v: Float[Array, "B S Hkv D"],
+        lengths: Int[Array, " B"] | None = None,
+    ) -> tuple[Float[Array, "B T D"], None]:
+        """Without `lengths`, T == S (training); with it, x holds each sequence's last T tokens."""
+        cfg = self.config
+        b, t, dim = x.shape
+        q = _dense(cfg, dim, ("embed", "heads"), "q_proj")(x)
+        q = apply_rotary(
+            q.reshape(b, t, cfg.n_attn_heads, cfg.attn_head_dim), positions, cfg.rope_theta
+        )
+        if lengths is None:
+            o = causal_attention(q, k, v, impl=cfg.attention_impl)
+        else:
+            o = cache_attention(q, k, v, lengths, impl=cfg.attention_impl)
+        return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim)), None
+
+
+class SelfAttention(nn.Module):
+    """Llama-style causal GQA self-attention with a per-layer KV cache (the baseline)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        cache: KVCache | None = None,
+        valid: Bool[Array, "B T"] | None = None,
+        fresh: bool = False,
+    ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+        cfg = self.config
+        b, t, dim = x.shape
+        hkv, d = cfg.n_attn_kv_heads, cfg.attn_head_dim
+        q = _dense(cfg, dim, ("embed", "heads"), "q_proj")(x).reshape(b, t, cfg.n_attn_heads, d)
+        k = _dense(cfg, hkv * d, ("embed", "kv_heads"), "k_proj")(x).reshape(b, t, hkv, d)
+        v = _dense(cfg, hkv * d, ("embed", "kv_heads"), "v_proj")(x).reshape(b, t, hkv, d)
+        q = apply_rotary(q, positions, cfg.rope_theta)
+        k = apply_rotary(k, positions, cfg.rope_theta)
+        new_cache = None
+        if cache is not None:
+            new_cache = write_kv(cache, k, v, positions, valid)
+        if cache is None or fresh:
+            o = causal_attention(q, k, v, impl=cfg.attention_impl)
+        else:
+            lengths = positions[:, 0] + t
+            o = cache_attention(q, new_cache.k, new_cache.v, lengths, impl=cfg.attention_impl)
+        return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim)), new_cache

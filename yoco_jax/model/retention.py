@@ -1,0 +1,63 @@
+"""Gated retention (gRet), the default YOCO self-decoder mixer."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from yoco_jax.config import ModelConfig
+from yoco_jax.model.cache import RetentionState
+from yoco_jax.model.layers import Linear, RMSNorm, xavier_uniform
+from yoco_jax.model.rotary import apply_rotary
+from yoco_jax.ops.retention import chunkwise_retention, recurrent_retention
+
+GATE_LOGIT_NORMALIZER = 16  # gamma = sigmoid(x W)^(1/16)
+
+
+class GatedRetention(nn.Module):
+    """q, k (rotary), v, per-head data-dependent decay; out = out_proj(silu(x W_g) * norm(o))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Float[Array, "B T D"],
+        positions: Int[Array, "B T"],
+        cache: RetentionState | None = None,
+        valid: Bool[Array, "B T"] | None = None,
+        fresh: bool = False,
+    ) -> tuple[Float[Array, "B T D"], RetentionState | None]:
+        cfg = self.config
+        b, t, dim = x.shape
+        h, d = cfg.n_self_heads, cfg.self_head_dim
+        qkvg_init = xavier_uniform(2**-2.5)
+        dense = lambda n, name, init=qkvg_init, axes=("embed", "heads"): Linear(
+            n, axes, cfg.dtype, cfg.param_dtype, init, name=name
+        )
+        heads = lambda y: y.reshape(b, t, h, d)
+        q = apply_rotary(heads(dense(dim, "q_proj")(x)), positions, cfg.rope_theta)
+        k = apply_rotary(heads(dense(dim, "k_proj")(x)), positions, cfg.rope_theta)
+        v = heads(dense(dim, "v_proj")(x))
+        gate = dense(dim, "g_proj")(x)
+        log_gate = nn.log_sigmoid(dense(h, "gt_proj", axes=("embed", None))(x))
+        log_gate = log_gate.astype(jnp.float32) / GATE_LOGIT_NORMALIZER
+        if valid is not None:  # padding: no key, no decay, so the state stops at the last token
+            k = jnp.where(valid[..., None, None], k, 0)
+            log_gate = jnp.where(valid[..., None], log_gate, 0.0)
+
+        if cache is None:
+            o, _ = chunkwise_retention(q, k, v, log_gate, cfg.chunk_size)
+            new_cache = None
+        elif t == 1:
+            o, state = recurrent_retention(q[:, 0], k[:, 0], v[:, 0], log_gate[:, 0], cache.state)
+            o, new_cache = o[:, None], RetentionState(state)
+        else:
+            o, state = chunkwise_retention(q, k, v, log_gate, cfg.chunk_size, cache.state)
+            new_cache = RetentionState(state)
+
+        o = RMSNorm(cfg.norm_eps, affine=False, name="subln")(o).reshape(b, t, dim)
+        o = (nn.silu(gate.astype(jnp.float32)) * o.astype(jnp.float32)).astype(cfg.dtype)
+        out = dense(dim, "out_proj", xavier_uniform(2**-1), ("heads", "embed"))(o)
+        return out, new_cache

@@ -1,0 +1,128 @@
+"""YOCO: a self-decoder of efficient mixers, then a cross-decoder reading ONE global KV cache."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+from yoco_jax.config import ModelConfig
+from yoco_jax.model.attention import write_kv
+from yoco_jax.model.block import ACTIVATION_AXES, layer_class
+from yoco_jax.model.cache import KVCache, YOCOCache
+from yoco_jax.model.layers import Embed, Linear, RMSNorm
+from yoco_jax.model.rotary import apply_rotary
+
+
+def default_positions(tokens: Int[Array, "B T"]) -> Int[Array, "B T"]:
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+class SelfDecoder(nn.Module):
+    """n_layers/2 layers of gated retention (or sliding-window attention)."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        mixer = "window" if cfg.sliding_window is not None else "retention"
+        self.layers = [layer_class(cfg)(cfg, mixer) for _ in range(cfg.half_layers)]
+
+    def __call__(self, x, positions, caches=None, valid=None, fresh=False):
+        """Returns the output and the new per-layer caches (None without caches)."""
+        new = []
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, positions, fresh, (None if caches is None else caches[i], valid))
+            new.append(c)
+        return x, None if caches is None else tuple(new)
+
+
+class CrossDecoder(nn.Module):
+    """RMSNorm -> one K and one V projection (the global cache) -> n_layers/2 cross layers."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        kv = cfg.n_attn_kv_heads * cfg.attn_head_dim
+        self.kv_layer_norm = RMSNorm(cfg.norm_eps, True, cfg.dtype, cfg.param_dtype)
+        self.k_proj = Linear(kv, ("embed", "kv_heads"), cfg.dtype, cfg.param_dtype)
+        self.v_proj = Linear(kv, ("embed", "kv_heads"), cfg.dtype, cfg.param_dtype)
+        self.layers = [layer_class(cfg)(cfg, "cross") for _ in range(cfg.half_layers)]
+
+    def project_kv(self, x, positions):
+        """The global K (with rotary) and V, `[B, T, n_attn_kv_heads, attn_head_dim]`."""
+        cfg = self.config
+        b, t, _ = x.shape
+        shape = (b, t, cfg.n_attn_kv_heads, cfg.attn_head_dim)
+        h = self.kv_layer_norm(x)
+        k = apply_rotary(self.k_proj(h).reshape(shape), positions, cfg.rope_theta)
+        return k, self.v_proj(h).reshape(shape)
+
+    def __call__(self, x, positions, k, v, lengths=None):
+        for layer in self.layers:
+            x, _ = layer(x, positions, False, (k, v, lengths))
+        return x
+
+
+class YOCO(nn.Module):
+    """The decoder-decoder language model.
+
+    `__call__`/`hidden` run the whole sequence (training, scoring). `extend` consumes new tokens
+    into an explicit cache: the self-decoder runs over them, their K/V are written once into the
+    global cache, and the cross-decoder runs only at each sequence's last new token (early exit).
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype)
+        self.self_decoder = SelfDecoder(cfg)
+        self.cross_decoder = CrossDecoder(cfg)
+        self.layer_norm = RMSNorm(cfg.norm_eps, True, cfg.dtype, cfg.param_dtype)
+        self.output_projection = Linear(
+            cfg.vocab_size, ("embed", "vocab"), cfg.dtype, cfg.param_dtype
+        )
+
+    def hidden(
+        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
+    ) -> Float[Array, "B T D"]:
+        """Final-normed hidden states (before the output projection)."""
+        positions = default_positions(tokens) if positions is None else positions
+        x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
+        x, _ = self.self_decoder(x, positions)
+        k, v = self.cross_decoder.project_kv(x, positions)
+        return self.layer_norm(self.cross_decoder(x, positions, k, v))
+
+    def __call__(
+        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
+    ) -> Float[Array, "B T V"]:
+        """float32 logits for every position."""
+        return self.output_projection(self.hidden(tokens, positions)).astype(jnp.float32)
+
+    def extend(
+        self,
+        tokens: Int[Array, "B T"],
+        cache: YOCOCache,
+        n_new: Int[Array, " B"] | None = None,
+        fresh: bool = False,
+    ) -> tuple[Float[Array, "B V"], YOCOCache]:
+        """Consumes right-padded tokens (n_new[b] real ones per row) after cache.lengths[b].
+
+        Returns float32 logits at each row's last new token and the updated cache. `fresh=True`
+        promises an empty cache (a first prefill), which lets window attention skip the ring.
+        """
+        b, t = tokens.shape
+        n_new = jnp.full((b,), t, jnp.int32) if n_new is None else n_new.astype(jnp.int32)
+        valid = jnp.arange(t)[None, :] < n_new[:, None]
+        positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+        x = self.embed_tokens(tokens)
+        x, self_caches = self.self_decoder(x, positions, cache.self_layers, valid, fresh)
+        k, v = self.cross_decoder.project_kv(x, positions)
+        kv = write_kv(cache.kv, k, v, positions, valid)
+        lengths = cache.lengths + n_new
+        last = jnp.take_along_axis(x, jnp.maximum(n_new - 1, 0)[:, None, None], axis=1)
+        h = self.cross_decoder(last, lengths[:, None] - 1, kv.k, kv.v, lengths)
+        logits = self.output_projection(self.layer_norm(h))[:, 0].astype(jnp.float32)
+        return logits, YOCOCache(self_caches, KVCache(*kv), lengths)

@@ -1,0 +1,1 @@
+"""Parameter-free building blocks: gated retention in three forms, attention with masks."""

@@ -1,0 +1,94 @@
+"""Softmax attention with explicit position masks (the XLA reference) and kernel dispatch.
+
+q `[B, Tq, Hq, D]`, k and v `[B, Tk, Hkv, D]`; query head h reads kv head h // (Hq // Hkv).
+`impl` is "xla" (this file) or "pallas" (yoco_jax.kernels); "auto" picks pallas on GPU/TPU.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+MAX_DECODE_QUERIES = 16
+
+
+def resolve_impl(impl: str) -> str:
+    if impl == "auto":
+        return "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+    return impl
+
+
+def masked_attention(
+    q: Float[Array, "B Tq Hq D"],
+    k: Float[Array, "B Tk Hkv D"],
+    v: Float[Array, "B Tk Hkv D"],
+    mask: Bool[Array, "B Tq Tk"],
+) -> Float[Array, "B Tq Hq D"]:
+    """Plain softmax attention in float32; rows with no allowed key return finite garbage."""
+    b, tq, hq, d = q.shape
+    hkv = k.shape[2]
+    qg = q.reshape(b, tq, hkv, hq // hkv, d)
+    logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32)
+    logits = logits * d**-0.5
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum(
+        "bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return out.reshape(b, tq, hq, d).astype(q.dtype)
+
+
+def position_mask(
+    q_pos: Int[Array, "B Tq"], kv_pos: Int[Array, "B Tk"], window: int | None = None
+) -> Bool[Array, "B Tq Tk"]:
+    """Causal (kv_pos <= q_pos), optionally windowed (kv_pos > q_pos - window).
+
+    Negative kv positions mark empty slots.
+    """
+    qp, kp = q_pos[:, :, None], kv_pos[:, None, :]
+    mask = (kp <= qp) & (kp >= 0)
+    if window is not None:
+        mask &= kp > qp - window
+    return mask
+
+
+def causal_attention(
+    q: Float[Array, "B T Hq D"],
+    k: Float[Array, "B T Hkv D"],
+    v: Float[Array, "B T Hkv D"],
+    *,
+    window: int | None = None,
+    impl: str = "xla",
+) -> Float[Array, "B T Hq D"]:
+    """Causal self/cross attention over a whole sequence (training, full forward)."""
+    if resolve_impl(impl) == "pallas":
+        from yoco_jax import kernels
+
+        return kernels.flash_attention(q, k, v, causal=True, window=window)
+    b, t = q.shape[:2]
+    pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+    return masked_attention(q, k, v, position_mask(pos, pos, window))
+
+
+def cache_attention(
+    q: Float[Array, "B Tq Hq D"],
+    k_cache: Float[Array, "B S Hkv D"],
+    v_cache: Float[Array, "B S Hkv D"],
+    lengths: Int[Array, " B"],
+    *,
+    impl: str = "xla",
+) -> Float[Array, "B Tq Hq D"]:
+    """Few queries, the last Tq positions of each sequence, against its first `lengths` entries.
+
+    The Pallas decode kernel serves up to `MAX_DECODE_QUERIES` queries; more use the XLA path.
+    """
+    if resolve_impl(impl) == "pallas" and q.shape[1] <= MAX_DECODE_QUERIES:
+        from yoco_jax import kernels
+
+        return kernels.decode_attention(q, k_cache, v_cache, lengths)
+    b, tq = q.shape[:2]
+    q_pos = lengths[:, None] - tq + jnp.arange(tq)
+    kv_pos = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (b, k_cache.shape[1]))
+    kv_pos = jnp.where(kv_pos < lengths[:, None], kv_pos, -1)
+    return masked_attention(q, k_cache, v_cache, position_mask(q_pos, kv_pos))

@@ -1,0 +1,121 @@
+"""Gated retention in three forms that compute the same function.
+
+With per-head log gates a_t = log(gamma_t) <= 0 and keys scaled by d_k ** -0.5:
+
+    S_t = gamma_t * S_{t-1} + k_t^T v_t        (state [d_k, d_v] per head)
+    o_t = q_t S_t
+
+- `parallel_retention`: O(T^2) masked form, the obviously-right reference.
+- `chunkwise_retention`: `lax.scan` over chunks carrying S; linear in T, memory bounded by a
+  chunk.
+- `recurrent_retention`: one token at a time (decode).
+
+Decay sums and states are float32 whatever the input dtype. Shapes: q, k `[B, T, H, Dk]`,
+v `[B, T, H, Dv]`, log_gate `[B, T, H]`, state `[B, H, Dk, Dv]`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+f32 = jnp.float32
+
+
+def _dot(spec: str, a, b):
+    return jnp.einsum(spec, a, b, preferred_element_type=f32)
+
+
+def _decay_matrix(cum: Float[Array, "B T H"]) -> Float[Array, "B H T T"]:
+    """exp(cum_i - cum_j) for j <= i, else 0 (exp of -inf keeps gradients finite)."""
+    t = cum.shape[1]
+    diff = cum.transpose(0, 2, 1)[..., :, None] - cum.transpose(0, 2, 1)[..., None, :]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return jnp.exp(jnp.where(causal, diff, -jnp.inf))
+
+
+def parallel_retention(
+    q: Float[Array, "B T H Dk"],
+    k: Float[Array, "B T H Dk"],
+    v: Float[Array, "B T H Dv"],
+    log_gate: Float[Array, "B T H"],
+) -> Float[Array, "B T H Dv"]:
+    """Reference O(T^2) form: out = ((q k^T) * D) v with D_ij = prod_{i>=s>j} gamma_s."""
+    k = k * k.shape[-1] ** -0.5
+    decay = _decay_matrix(jnp.cumsum(log_gate.astype(f32), axis=1))
+    scores = _dot("bihd,bjhd->bhij", q, k) * decay
+    return _dot("bhij,bjhd->bihd", scores, v).astype(v.dtype)
+
+
+def _chunk(
+    state: Float[Array, "B H Dk Dv"],
+    q: Float[Array, "B C H Dk"],
+    k: Float[Array, "B C H Dk"],
+    v: Float[Array, "B C H Dv"],
+    log_gate: Float[Array, "B C H"],
+):
+    """One chunk: inner-chunk parallel form plus the contribution of the carried state."""
+    cum = jnp.cumsum(log_gate.astype(f32), axis=1)  # [B, C, H]
+    total = cum[:, -1]  # [B, H]: log decay across the whole chunk
+    inner = _dot("bihd,bjhd->bhij", q, k) * _decay_matrix(cum)
+    out = _dot("bhij,bjhd->bihd", inner, v)
+    out += _dot("bihk,bhkv->bihv", q.astype(f32) * jnp.exp(cum)[..., None], state)
+    to_end = jnp.exp(total[:, None] - cum)[..., None]  # decay from each position to chunk end
+    new_state = jnp.exp(total)[..., None, None] * state + _dot(
+        "bjhk,bjhv->bhkv", k.astype(f32), v.astype(f32) * to_end
+    )
+    return new_state, out
+
+
+def chunkwise_retention(
+    q: Float[Array, "B T H Dk"],
+    k: Float[Array, "B T H Dk"],
+    v: Float[Array, "B T H Dv"],
+    log_gate: Float[Array, "B T H"],
+    chunk_size: int,
+    state: Float[Array, "B H Dk Dv"] | None = None,
+) -> tuple[Float[Array, "B T H Dv"], Float[Array, "B H Dk Dv"]]:
+    """Chunkwise-parallel form for any T; returns the outputs and the final state.
+
+    T is padded up to a multiple of `chunk_size` with zero keys and zero log gates, which leave
+    the state unchanged, so the returned state is the state after the last real token.
+    """
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    k = k * dk**-0.5
+    if state is None:
+        state = jnp.zeros((b, h, dk, dv), f32)
+    c = min(chunk_size, t)
+    pad = -t % c
+    if pad:
+        widths = [(0, 0), (0, pad)]
+        q, k, v = (jnp.pad(x, widths + [(0, 0), (0, 0)]) for x in (q, k, v))
+        log_gate = jnp.pad(log_gate, widths + [(0, 0)])
+    n = (t + pad) // c
+
+    def split(x):  # [B, n*C, ...] -> [n, B, C, ...]
+        return jnp.moveaxis(x.reshape(b, n, c, *x.shape[2:]), 1, 0)
+
+    def step(carry, xs):
+        return _chunk(carry, *xs)
+
+    state, out = jax.lax.scan(step, state.astype(f32), tuple(map(split, (q, k, v, log_gate))))
+    out = jnp.moveaxis(out, 0, 1).reshape(b, n * c, h, dv)[:, :t]
+    return out.astype(v.dtype), state
+
+
+def recurrent_retention(
+    q: Float[Array, "B H Dk"],
+    k: Float[Array, "B H Dk"],
+    v: Float[Array, "B H Dv"],
+    log_gate: Float[Array, "B H"],
+    state: Float[Array, "B H Dk Dv"],
+) -> tuple[Float[Array, "B H Dv"], Float[Array, "B H Dk Dv"]]:
+    """One decoding step: S = gamma S + k^T v, o = q S."""
+    k = k.astype(f32) * k.shape[-1] ** -0.5
+    new_state = jnp.exp(log_gate.astype(f32))[..., None, None] * state + _dot(
+        "bhk,bhv->bhkv", k, v.astype(f32)
+    )
+    out = _dot("bhk,bhkv->bhv", q.astype(f32), new_state)
+    return out.astype(v.dtype), new_state
