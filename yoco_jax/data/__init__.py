@@ -1,0 +1,45 @@
+"""Training data: tokenizer, sources, grain pipelines, and the `prepare` command.
+
+Public interface (used by yoco_jax.train):
+
+- `Tokenizer.load(path)`, `Tokenizer.train(texts_or_files, vocab_size, out_prefix, *,
+  model_type="bpe", max_sentences=2_000_000, seed=0)`; `.encode(text, bos=False, eos=False)`,
+  `.decode(ids)`, `.encode_batch(texts, num_threads=1)`, `.bos_id`, `.eos_id`, `.pad_id`,
+  `.vocab_size`, `.path`, `.sha256`. Models trained here: pad 0, eos 1, bos 2, unk 3, byte
+  fallback, no normalization (decode(encode(text)) == text). Foreign models keep their ids; one
+  without a pad piece pads with eos. CLI: `python -m yoco_jax.data.tokenizer train --input
+  <files/folders/globs/stdlib> --vocab-size N --out <prefix>`.
+- `demo_tokenizer()`: 2048 pieces, shipped in yoco_jax/assets/, trained on the stdlib sources.
+- `stdlib_corpus()`: sorted paths of the interpreter's standard library `.py` files.
+- `DataConfig(path, kind="auto", eval_fraction=0.01, shuffle_window=256, num_threads=4,
+  worker_count=0)` (frozen; `DataConfig.from_dict(mapping)` rejects unknown keys).
+- `make_iterator(config, tokenizer, *, seq_len, batch_size, split="train", seed=0,
+  process_index=0, process_count=1)`: an iterator of dicts of numpy arrays
+  (inputs/targets/segment_ids int32, loss_mask float32, each [batch_size, seq_len], batch_size
+  being this process's share) with `get_state()` (JSON-serializable) and `set_state(state)`.
+  Packing: concat-then-split (grain), EOS after each document. Train repeats forever, epochs
+  reshuffled from the seed; eval is one ordered pass, last batch padded (loss_mask 0).
+- `python -m yoco_jax.data.prepare --input <data> --tokenizer <model> --out <folder>`:
+  pre-tokenized ArrayRecord shards + manifest.json, read back with kind "arrayrecord" (or "auto").
+
+Nothing here imports grain or array_record at import time (the GPU machine has neither).
+"""
+
+import importlib
+
+_EXPORTS = {
+    "DataConfig": "config",
+    "DataIterator": "pipeline",
+    "Tokenizer": "tokenizer",
+    "demo_tokenizer": "tokenizer",
+    "make_iterator": "pipeline",
+    "stdlib_corpus": "corpus",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    # Lazy, so that `python -m yoco_jax.data.tokenizer` does not import its own module twice.
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'yoco_jax.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"yoco_jax.data.{_EXPORTS[name]}"), name)

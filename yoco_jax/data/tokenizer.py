@@ -1,0 +1,184 @@
+"""SentencePiece tokenizer with fixed special ids, and the command that trains one.
+
+Models trained here use pad 0, eos 1, bos 2, unk 3 (the same ids at training and at inference),
+byte fallback (any text encodes, nothing maps to unk), and no text normalization: whitespace,
+indentation and newlines survive `decode(encode(text)) == text`.
+
+    python -m yoco_jax.data.tokenizer train --input stdlib --vocab-size 2048 --out /tmp/tok
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
+
+# Sentencepiece skips training sentences longer than this (bytes); long lines are rare in text.
+_MAX_SENTENCE_BYTES = 8192
+
+
+class Tokenizer:
+    """A loaded sentencepiece model. Build with `Tokenizer.load` or `Tokenizer.train`."""
+
+    def __init__(self, model_proto: bytes, path: str | None = None):
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(model_proto)
+        except (RuntimeError, OSError) as error:
+            raise ValueError(
+                f"{path or 'tokenizer bytes'} is not a valid sentencepiece model ({error}); "
+                "pass a .model file written by sentencepiece (e.g. by "
+                "`python -m yoco_jax.data.tokenizer train`)."
+            ) from None
+        if processor.eos_id() < 0:
+            raise ValueError(
+                f"tokenizer {path or ''} defines no end-of-sequence piece; packing needs one "
+                "to separate documents. Train one with `python -m yoco_jax.data.tokenizer train`."
+            )
+        self._processor = processor
+        self._proto = model_proto
+        self.path = path
+        self.sha256 = hashlib.sha256(model_proto).hexdigest()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"tokenizer model {str(path)!r} does not exist; expected a sentencepiece "
+                ".model file (train one with `python -m yoco_jax.data.tokenizer train`)."
+            )
+        return cls(path.read_bytes(), str(path))
+
+    @classmethod
+    def train(
+        cls,
+        texts_or_files: str | Sequence[str | os.PathLike],
+        vocab_size: int,
+        out_prefix: str | os.PathLike,
+        *,
+        model_type: str = "bpe",
+        max_sentences: int = 2_000_000,
+        seed: int = 0,
+    ) -> Tokenizer:
+        """Trains a model, writes `<out_prefix>.model` and loads it.
+
+        `texts_or_files`: the data paths `DataConfig.path` accepts (files, folders, globs,
+        "stdlib", an official layout root) or, for any item that names no existing path,
+        the text itself. Each line of each document is one training sentence; at most
+        `max_sentences` of them are sampled (deterministically from `seed`).
+        """
+        from yoco_jax.data.corpus import iter_texts
+
+        if vocab_size < 260:  # 256 byte pieces + 4 specials
+            raise ValueError(f"vocab_size={vocab_size} is too small: byte fallback needs >= 260.")
+        out = Path(f"{out_prefix}.model")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model = io.BytesIO()
+        spm.set_random_generator_seed(seed)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=_sentences(iter_texts(texts_or_files)),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=PAD_ID,
+            eos_id=EOS_ID,
+            bos_id=BOS_ID,
+            unk_id=UNK_ID,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            character_coverage=0.9995,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
+        out.write_bytes(model.getvalue())
+        return cls.load(out)
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self._processor.encode(text)
+        if bos:
+            ids.insert(0, self.bos_id)
+        if eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        """`encode` of each text (no specials), in C++ threads."""
+        return self._processor.encode(list(texts), num_threads=num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._processor.decode([int(i) for i in ids])
+
+    @property
+    def vocab_size(self) -> int:
+        return self._processor.vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self._processor.eos_id()
+
+    @property
+    def bos_id(self) -> int:
+        return self._processor.bos_id()
+
+    @property
+    def pad_id(self) -> int:
+        """The model's pad id; models without one (e.g. LLaMA's) pad with eos."""
+        pad = self._processor.pad_id()
+        return pad if pad >= 0 else self.eos_id
+
+    def __reduce__(self):  # pickles as the model bytes, for grain worker processes
+        return (Tokenizer, (self._proto, self.path))
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
+
+
+def demo_tokenizer() -> Tokenizer:
+    """The demo's 2048-piece tokenizer (shipped; trained on the Python standard library)."""
+    return Tokenizer.load(Path(__file__).parent.parent / "assets" / "demo_tokenizer.model")
+
+
+def _sentences(texts: Iterator[str]) -> Iterator[str]:
+    for text in texts:
+        for line in text.splitlines():
+            if line.strip():
+                yield line
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m yoco_jax.data.tokenizer")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a sentencepiece model")
+    train.add_argument("--input", nargs="+", required=True, help="files, folders, globs, stdlib")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--out", required=True, help="output prefix: writes <out>.model")
+    train.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
+    train.add_argument("--max-sentences", type=int, default=2_000_000)
+    args = parser.parse_args(argv)
+    tokenizer = Tokenizer.train(
+        args.input,
+        args.vocab_size,
+        args.out,
+        model_type=args.model_type,
+        max_sentences=args.max_sentences,
+    )
+    print(f"wrote {tokenizer.path} (vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]})")
+
+
+if __name__ == "__main__":
+    main()
