@@ -1,0 +1,184 @@
+"""Flash attention forward and backward for GPUs, written for Pallas' Triton backend.
+
+Why Triton and not Mosaic GPU (`plgpu.kernel`): `pl.pallas_call` with Triton compiler params works
+unchanged on JAX 0.10 and 0.11 (deprecated but present in 0.11) and on every NVIDIA GPU from Ampere
+on (and ROCm), and it also runs on CPU in interpret mode, so the same code is tested here. Mosaic
+GPU targets Hopper/Blackwell only, its API moved between 0.10 and 0.11, and it cannot be
+interpreted on CPU. Triton reaches good (not best-in-class) FlashAttention-2 speed on H100.
+
+Layout (see common.py): queries are GQA-folded rows `[B, Hkv, R, D]`; K/V stay in the model's
+`[B, Tk, Hkv, D]` layout (a program reads its kv head with a strided BlockSpec). R and Tk are
+padded to multiples of the block sizes and D to a power of two >= 16 by the caller.
+
+Kernels (one program per (row block | key block, batch, kv head)):
+- forward: loop over the visible key blocks with an online softmax; writes out and the base-2
+  logsumexp of every row;
+- backward dK/dV: a key block loops over the row blocks that see it (all G heads of the group);
+- backward dQ: a row block loops over its visible key blocks again (FlashAttention-2 style,
+  recomputing probabilities from the logsumexp; no atomics).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from yoco_jax.kernels.common import (
+    LOG2E,
+    block_mask,
+    key_block_range,
+    matmul,
+    online_softmax_step,
+    row_block_range,
+)
+
+
+def _compiler_params(block_a, block_b, head_dim):
+    big = block_a * block_b >= 128 * 64 and head_dim >= 128
+    return plgpu.CompilerParams(num_warps=8 if big else 4, num_stages=2)
+
+
+def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg):
+    """q_ref `[BM, D]` rows, k_ref/v_ref `[Tk, D]`, o_ref `[BM, D]`, lse_ref `[BM, 1]`."""
+    block_rows, block_keys = cfg.block_rows, cfg.block_keys
+    row0 = pl.program_id(0) * block_rows
+    num_key_blocks = k_ref.shape[0] // block_keys
+    q = q_ref[...]
+    scale = cfg.sm_scale * LOG2E
+
+    def body(j, carry):
+        key0 = j * block_keys
+        keys = pl.ds(key0, block_keys)
+        s = matmul(q, k_ref[keys, :], trans_b=True) * scale
+        mask = block_mask(row0, key0, block_rows, block_keys, cfg.masking)
+        s = jnp.where(mask, s, -jnp.inf)
+        return online_softmax_step(*carry, s, v_ref[keys, :])
+
+    first, end = key_block_range(row0, block_rows, block_keys, num_key_blocks, cfg.masking)
+    init = (
+        jnp.zeros(o_ref.shape, jnp.float32),
+        jnp.full((block_rows, 1), -jnp.inf, jnp.float32),
+        jnp.zeros((block_rows, 1), jnp.float32),
+    )
+    acc, m, denom = lax.fori_loop(first, end, body, init)
+    seen = denom > 0.0
+    o_ref[...] = jnp.where(seen, acc / jnp.where(seen, denom, 1.0), 0.0).astype(o_ref.dtype)
+    lse_ref[...] = m + jnp.log2(denom)
+
+
+def forward(q, k, v, cfg):
+    """q `[B, Hkv, R, D]`, k/v `[B, Tk, Hkv, D]` -> out `[B, Hkv, R, D]`, lse `[B, Hkv, R, 1]`."""
+    batch, num_kv_heads, num_rows, head_dim = q.shape
+    kv_len = k.shape[1]
+    block_rows = cfg.block_rows
+    row_spec = pl.BlockSpec((None, None, block_rows, head_dim), lambda i, b, h: (b, h, i, 0))
+    kv_spec = pl.BlockSpec((None, kv_len, None, head_dim), lambda i, b, h: (b, 0, h, 0))
+    lse_spec = pl.BlockSpec((None, None, block_rows, 1), lambda i, b, h: (b, h, i, 0))
+    return pl.pallas_call(
+        functools.partial(_forward_kernel, cfg=cfg),
+        grid=(num_rows // block_rows, batch, num_kv_heads),
+        in_specs=[row_spec, kv_spec, kv_spec],
+        out_specs=[row_spec, lse_spec],
+        out_shape=[
+            jax.ShapeDtypeStruct(q.shape, q.dtype),
+            jax.ShapeDtypeStruct((batch, num_kv_heads, num_rows, 1), jnp.float32),
+        ],
+        compiler_params=_compiler_params(block_rows, cfg.block_keys, head_dim),
+        interpret=cfg.interpret,
+        name="flash_attention_fwd",
+    )(q, k, v)
+
+
+def _probabilities(q, k, lse, row0, key0, block_rows, block_keys, cfg):
+    """Recomputed attention probabilities of one tile `[rows, keys]` (0 where masked)."""
+    s = matmul(q, k, trans_b=True) * (cfg.sm_scale * LOG2E)
+    mask = block_mask(row0, key0, block_rows, block_keys, cfg.masking)
+    # Rows with no visible key have lse = -inf; `where` (not a product) keeps them at 0.
+    return jnp.where(mask, jnp.exp2(s - lse), 0.0)
+
+
+def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, cfg):
+    """k/v/dk/dv refs `[BN, D]` (one key block); q/do `[R, D]`, lse/delta `[R, 1]` (all rows)."""
+    block_rows, block_keys = cfg.block_rows_bwd, cfg.block_keys_bwd
+    key0 = pl.program_id(0) * block_keys
+    num_row_blocks = q_ref.shape[0] // block_rows
+    k, v = k_ref[...], v_ref[...]
+
+    def body(i, carry):
+        dk, dv = carry
+        row0 = i * block_rows
+        rows = pl.ds(row0, block_rows)
+        q, do = q_ref[rows, :], do_ref[rows, :]
+        p = _probabilities(q, k, lse_ref[rows, :], row0, key0, block_rows, block_keys, cfg)
+        dv += matmul(p.astype(do.dtype), do, trans_a=True)
+        ds = p * (matmul(do, v, trans_b=True) - delta_ref[rows, :])
+        dk += matmul(ds.astype(q.dtype), q, trans_a=True)
+        return dk, dv
+
+    first, end = row_block_range(key0, block_keys, block_rows, num_row_blocks, cfg.masking)
+    zeros = jnp.zeros(k_ref.shape, jnp.float32)
+    dk, dv = lax.fori_loop(first, end, body, (zeros, zeros))
+    dk_ref[...] = (dk * cfg.sm_scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, cfg):
+    """q/do/dq refs `[BM, D]`, lse/delta `[BM, 1]` (one row block); k/v `[Tk, D]`."""
+    block_rows, block_keys = cfg.block_rows_bwd, cfg.block_keys_bwd
+    row0 = pl.program_id(0) * block_rows
+    num_key_blocks = k_ref.shape[0] // block_keys
+    q, do, lse, delta = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...]
+
+    def body(j, dq):
+        key0 = j * block_keys
+        keys = pl.ds(key0, block_keys)
+        k = k_ref[keys, :]
+        p = _probabilities(q, k, lse, row0, key0, block_rows, block_keys, cfg)
+        ds = p * (matmul(do, v_ref[keys, :], trans_b=True) - delta)
+        return dq + matmul(ds.astype(k.dtype), k)
+
+    first, end = key_block_range(row0, block_rows, block_keys, num_key_blocks, cfg.masking)
+    dq = lax.fori_loop(first, end, body, jnp.zeros(q_ref.shape, jnp.float32))
+    dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
+
+
+def backward(q, k, v, lse, delta, do, cfg):
+    """Gradients of `forward` given dO (`[B, Hkv, R, D]`) and delta = rowsum(out * dO)."""
+    batch, num_kv_heads, num_rows, head_dim = q.shape
+    kv_len = k.shape[1]
+    block_rows, block_keys = cfg.block_rows_bwd, cfg.block_keys_bwd
+    params = _compiler_params(block_rows, block_keys, head_dim)
+
+    all_rows = pl.BlockSpec((None, None, num_rows, head_dim), lambda j, b, h: (b, h, 0, 0))
+    all_stats = pl.BlockSpec((None, None, num_rows, 1), lambda j, b, h: (b, h, 0, 0))
+    key_block = pl.BlockSpec((None, block_keys, None, head_dim), lambda j, b, h: (b, j, h, 0))
+    dk, dv = pl.pallas_call(
+        functools.partial(_dkdv_kernel, cfg=cfg),
+        grid=(kv_len // block_keys, batch, num_kv_heads),
+        in_specs=[all_rows, key_block, key_block, all_rows, all_stats, all_stats],
+        out_specs=[key_block, key_block],
+        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+        compiler_params=params,
+        interpret=cfg.interpret,
+        name="flash_attention_bwd_dkdv",
+    )(q, k, v, do, lse, delta)
+
+    row_block = pl.BlockSpec((None, None, block_rows, head_dim), lambda i, b, h: (b, h, i, 0))
+    stats_block = pl.BlockSpec((None, None, block_rows, 1), lambda i, b, h: (b, h, i, 0))
+    all_keys = pl.BlockSpec((None, kv_len, None, head_dim), lambda i, b, h: (b, 0, h, 0))
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, cfg=cfg),
+        grid=(num_rows // block_rows, batch, num_kv_heads),
+        in_specs=[row_block, all_keys, all_keys, row_block, stats_block, stats_block],
+        out_specs=row_block,
+        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        compiler_params=params,
+        interpret=cfg.interpret,
+        name="flash_attention_bwd_dq",
+    )(q, k, v, do, lse, delta)
+    return dq, dk, dv
