@@ -81,5 +81,11 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> Model:
         return Model(config, params)
     from yoco_jax.train.checkpoint import load_params
 
-    config, params = load_params(path)
+    try:
+        config, params = load_params(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(
+            f"{path} is neither an official-layout folder (no params.json) nor a training output "
+            f"folder with a checkpoint ({e})"
+        ) from e
     return Model(config, params).replace(**overrides) if overrides else Model(config, params)

@@ -12,6 +12,7 @@ import os
 import typing
 from collections.abc import Iterable
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 import yaml
@@ -103,6 +104,17 @@ class ModelConfig:
         return self.n_layers // 2
 
 
+def _scalar(text: str) -> Any:
+    """A YAML scalar, with numbers such as 1e6 (a string to YAML 1.1) read as floats."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """Turns command-line `key=value` strings into a dict, values parsed as YAML scalars."""
     out = {}
@@ -110,29 +122,24 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. dim=256)")
-        out[key.strip()] = yaml.safe_load(value) if value != "" else None
+        out[key.strip()] = _scalar(value) if value != "" else None
     return out
 
 
 def _coerce(cls, key: str, value: Any) -> Any:
     """Checks `value` against the dataclass field's annotation; ints become floats where wanted."""
     hint = typing.get_type_hints(cls)[key]
-    allowed = typing.get_args(hint) or (hint,)
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else ()
+    allowed = allowed or (hint,)
     if value is None and type(None) in allowed:
         return None
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if int in allowed and isinstance(value, float) and value.is_integer():
         return int(value)
-    base = [t for t in allowed if t is not type(None)]
-    origin = [typing.get_origin(t) or t for t in base]
-    if (
-        origin
-        and not isinstance(value, tuple(origin))
-        or isinstance(value, bool)
-        and bool not in base
-    ):
-        names = " or ".join(getattr(t, "__name__", str(t)) for t in base)
+    kinds = tuple(typing.get_origin(t) or t for t in allowed if t is not type(None))
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(t.__name__ for t in kinds)
         raise ConfigError(f"{key}={value!r} has the wrong type: expected {names}")
     return value
 
