@@ -4,13 +4,16 @@ Both kernel families run: 'gpu' (Triton kernels, interpret=True) and 'tpu' (Mosa
 TPU semantics, pltpu.InterpretParams). Sizes are tiny and deliberately not multiples of the blocks.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yoco_jax.kernels import BlockSizes, flash_attention
-from yoco_jax.kernels.reference import attention_reference
+from yoco_jax.kernels import BlockSizes, decode_attention, flash_attention
+from yoco_jax.kernels.decode_attention import split_plan
+from yoco_jax.kernels.reference import attention_reference, decode_attention_reference
 
 SMALL_BLOCKS = BlockSizes(rows=16, keys=16, rows_bwd=16, keys_bwd=32)
 
@@ -97,8 +100,8 @@ def test_flash_attention_bfloat16_matches_float32_reference(backend):
 
 def test_flash_attention_defaults_pick_interpret_on_cpu():
     q, k, v, _ = _random_qkv(2, 1, 24, 24, 4, 2, 16, jnp.float32)
-    got = flash_attention(q, k, v)
-    assert _relative_error(got, attention_reference(q, k, v)) < 1e-5
+    got = jax.jit(flash_attention)(q, k, v)
+    assert _relative_error(got, jax.jit(attention_reference)(q, k, v)) < 1e-5
 
 
 @pytest.mark.parametrize(
@@ -115,3 +118,47 @@ def test_flash_attention_rejects_bad_input(shapes, kwargs, message):
     q, kv = jnp.zeros(shapes[0]), jnp.zeros(shapes[1])
     with pytest.raises(ValueError, match=message):
         flash_attention(q, kv, kv, **kwargs)
+
+
+# (batch, Tq, S, Hq, Hkv, D, lengths, num_splits): ragged lengths (1, full, mid-block, a sequence
+# shorter than its queries), caches that are not multiples of the 16-key block.
+DECODE_CASES = {
+    "gqa3_one_query": (3, 1, 100, 6, 2, 16, [100, 1, 57], 3),
+    "gqa8_three_queries": (2, 3, 50, 8, 1, 32, [50, 20], 2),
+    "mha_short_sequence": (2, 2, 64, 4, 4, 16, [1, 64], None),
+}
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+@pytest.mark.parametrize("case", list(DECODE_CASES))
+def test_decode_attention_matches_reference(backend, case):
+    batch, q_len, cache_len, num_heads, num_kv_heads, head_dim, lengths, splits = DECODE_CASES[case]
+    q, k, v, _ = _random_qkv(
+        3, batch, q_len, cache_len, num_heads, num_kv_heads, head_dim, jnp.float32
+    )
+    lengths = jnp.array(lengths, jnp.int32)
+    kernel = functools.partial(
+        decode_attention, backend=backend, interpret=True, block_keys=16, num_splits=splits
+    )
+    got = jax.jit(kernel)(q, k, v, lengths)
+    want = jax.jit(decode_attention_reference)(q, k, v, lengths)
+    assert got.shape == q.shape and got.dtype == q.dtype
+    assert _relative_error(got, want) < 1e-5
+
+
+def test_decode_attention_ignores_cache_entries_past_each_length():
+    q, k, v, _ = _random_qkv(4, 2, 1, 40, 4, 2, 16, jnp.bfloat16)
+    lengths = jnp.array([23, 7], jnp.int32)
+    past_end = jnp.arange(40)[None, :, None, None] >= lengths[:, None, None, None]
+    poisoned = jnp.where(past_end, jnp.nan, v)
+    got = jax.jit(functools.partial(decode_attention, block_keys=16))(q, k, poisoned, lengths)
+    as_f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    want = jax.jit(decode_attention_reference)(*as_f32, lengths)
+    assert got.dtype == jnp.bfloat16
+    assert _relative_error(got, want) < 2e-2
+
+
+def test_decode_splits_a_million_token_cache_across_many_programs():
+    block_keys, blocks_per_split, num_splits = split_plan(8, 1 << 20, 128)
+    assert num_splits * blocks_per_split * block_keys >= 1 << 20
+    assert num_splits >= 64 and blocks_per_split * block_keys <= 16384
