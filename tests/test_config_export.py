@@ -160,3 +160,23 @@ def test_yaml_file_path_config(tmp_path):
     tiny = yaml.safe_load((yoco_jax.config.CONFIG_DIR / "yoco-tiny.yaml").read_text())
     path.write_text(yaml.safe_dump({**tiny, "dim": 32}))
     assert yoco_jax.get_config(path).dim == 32
+
+
+def test_reads_an_official_pth_state_dict(tiny, tmp_path):
+    """The official code saves a bare state_dict with torch.save (bf16 weights here)."""
+    import torch
+    from safetensors.numpy import load_file
+
+    tiny.save_official(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(
+        {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in state.items()},
+        tmp_path / "yoco.pth",
+    )
+    loaded = yoco_jax.load_pretrained(tmp_path, chunk_size=tiny.config.chunk_size)
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(tiny.params)):
+        np.testing.assert_allclose(a, b, rtol=2**-8, atol=1e-6)
+    (tmp_path / "yoco.pth").write_bytes(b"not a zip")
+    with pytest.raises(yoco_jax.CheckpointError, match="not a readable PyTorch checkpoint"):
+        yoco_jax.load_pretrained(tmp_path)

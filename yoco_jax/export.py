@@ -2,7 +2,7 @@
 
 Parameter names are the official `state_dict` keys: our linen path with `layers_N` written
 `layers.N` and the leaf renamed `weight` (Linear kernels transposed to torch's `[out, in]`).
-An official `checkpoint.pth` is read when torch is installed.
+An official PyTorch state_dict (`*.pth`) is read when torch is installed.
 
     python -m yoco_jax.export <training output or official folder> <out folder> [--dtype bfloat16]
 """
@@ -106,7 +106,8 @@ def write_official(folder, config: ModelConfig, params, dtype: str = "float32") 
 
 
 def _read_weights(folder: Path) -> dict[str, np.ndarray]:
-    st, pth = folder / "model.safetensors", folder / "checkpoint.pth"
+    st = folder / "model.safetensors"
+    pths = sorted(folder.glob("*.pth"))
     if st.exists():
         from safetensors.numpy import load_file
 
@@ -114,7 +115,8 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
             return load_file(str(st))
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{st} is not a readable safetensors file: {e}") from e
-    if pth.exists():
+    if len(pths) == 1:
+        pth = pths[0]
         try:
             import torch
         except ImportError as e:
@@ -122,11 +124,15 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
                 f"{pth} needs torch to read: pip install 'yoco-jax[torch]', or convert it to "
                 "model.safetensors"
             ) from e
-        state = torch.load(str(pth), map_location="cpu", weights_only=True)
-        state = state.get("model", state)
+        try:
+            state = torch.load(str(pth), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises several types for truncated or foreign files
+            raise CheckpointError(f"{pth} is not a readable PyTorch checkpoint: {e}") from e
+        state = state.get("model", state)  # a bare state_dict, as the official code saves
         return {k: v.float().numpy() for k, v in state.items()}
     raise CheckpointError(
-        f"{folder} holds no weights: expected model.safetensors (or checkpoint.pth with torch)"
+        f"{folder} holds no weights: expected model.safetensors, or one .pth state_dict "
+        f"(found {len(pths)} .pth files)"
     )
 
 
