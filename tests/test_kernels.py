@@ -162,3 +162,19 @@ def test_decode_splits_a_million_token_cache_across_many_programs():
     block_keys, blocks_per_split, num_splits = split_plan(8, 1 << 20, 128)
     assert num_splits * blocks_per_split * block_keys >= 1 << 20
     assert num_splits >= 64 and blocks_per_split * block_keys <= 16384
+
+
+@pytest.mark.parametrize("backend,platform", [("gpu", "cuda"), ("tpu", "tpu")])
+def test_kernels_lower_for_the_real_devices(backend, platform):
+    """Lowering to Triton / Mosaic runs on CPU and catches ops or tile shapes the real compilers
+    reject (it stops before PTX / TPU code generation)."""
+    q = jax.ShapeDtypeStruct((1, 200, 6, 128), jnp.bfloat16)
+    kv = jax.ShapeDtypeStruct((1, 200, 2, 128), jnp.bfloat16)
+    lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+    attention = functools.partial(flash_attention, window=50, backend=backend, interpret=False)
+    decode = functools.partial(decode_attention, backend=backend, interpret=False)
+    for fn, args in [
+        (lambda q, k, v: _value_and_grads(attention, q, k, v, q), (q, kv, kv)),
+        (decode, (q, kv, kv, lengths)),
+    ]:
+        jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,))
