@@ -11,8 +11,8 @@ Public interface (used by yoco_jax.train):
   <files/folders/globs/stdlib> --vocab-size N --out <prefix>`.
 - `demo_tokenizer()`: 2048 pieces, shipped in yoco_jax/assets/, trained on the stdlib sources.
 - `stdlib_corpus()`: sorted paths of the interpreter's standard library `.py` files.
-- `DataConfig(path, kind="auto", eval_fraction=0.01, shuffle_window=256, num_threads=4,
-  worker_count=0)` (frozen; `DataConfig.from_dict(mapping)` rejects unknown keys).
+- `DataConfig(path, kind="auto", eval_fraction=0.01, shuffle_window=256,
+  num_threads=4)` (frozen; `DataConfig.from_dict(mapping)` rejects unknown keys).
 - `make_iterator(config, tokenizer, *, seq_len, batch_size, split="train", seed=0,
   process_index=0, process_count=1)`: an iterator of dicts of numpy arrays
   (inputs/targets/segment_ids int32, loss_mask float32, each [batch_size, seq_len], batch_size

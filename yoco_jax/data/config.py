@@ -22,9 +22,8 @@ class DataConfig:
       document's index in its source (the same documents whatever the seed or process count).
     shuffle_window: train rows are shuffled within consecutive windows of this many packed rows,
       on top of the per-epoch document shuffle (0 = off), so long documents spread over batches.
-    num_threads: threads that read and tokenize documents in each process.
-    worker_count: grain worker processes (0 = all work in the calling process). The batches
-      depend on it: resume with the same value.
+    num_threads: threads that read and tokenize documents in each process (no worker
+      processes: for more throughput, tokenize once with `prepare`).
     """
 
     path: str | tuple[str, ...] = "stdlib"
@@ -32,7 +31,6 @@ class DataConfig:
     eval_fraction: float = 0.01
     shuffle_window: int = 256
     num_threads: int = 4
-    worker_count: int = 0
 
     def __post_init__(self):
         path = self.path
@@ -49,7 +47,7 @@ class DataConfig:
             raise ValueError(f"DataConfig.kind={self.kind!r} is not one of {KINDS}.")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"DataConfig.eval_fraction={self.eval_fraction} must be in [0, 1).")
-        for name, low in (("shuffle_window", 0), ("num_threads", 1), ("worker_count", 0)):
+        for name, low in (("shuffle_window", 0), ("num_threads", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"DataConfig.{name}={value!r} must be an integer >= {low}.")

@@ -189,8 +189,6 @@ def make_iterator(
         )
         batches = rows.batch(batch_size, drop_remainder=False)
     batches = batches.map(RowsToBatch(batch_size, tokenizer.pad_id))
-    if config.worker_count:
-        batches = batches.mp_prefetch(grain.MultiprocessingOptions(config.worker_count))
     signature = dict(
         split=split,
         seq_len=seq_len,
@@ -201,7 +199,6 @@ def make_iterator(
         kind=config.kind,
         eval_fraction=config.eval_fraction,
         shuffle_window=config.shuffle_window,
-        worker_count=config.worker_count,
     )
     return DataIterator(iter(batches), signature)
 
