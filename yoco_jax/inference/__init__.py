@@ -1,0 +1,27 @@
+"""Inference: sampling, chunked prefill, the jitted decode loop, generate, cache files."""
+
+from yoco_jax.inference.cache_io import grow_cache, load_cache, save_cache
+from yoco_jax.inference.generate import (
+    Buckets,
+    Completion,
+    DecodeState,
+    decode,
+    generate,
+    prefill,
+    start_decode,
+)
+from yoco_jax.inference.sampling import Sampling
+
+__all__ = [
+    "Buckets",
+    "Completion",
+    "DecodeState",
+    "Sampling",
+    "decode",
+    "generate",
+    "grow_cache",
+    "load_cache",
+    "prefill",
+    "save_cache",
+    "start_decode",
+]
