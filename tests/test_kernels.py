@@ -44,6 +44,7 @@ FLASH_CASES = {
     "gqa1_q_shorter": (1, 21, 45, 2, 2, 32, True, None),
     "gqa8_window": (1, 29, 29, 8, 1, 16, True, 7),
     "gqa3_q_shorter_window": (1, 19, 50, 3, 1, 16, True, 12),
+    "gqa2_long_window": (1, 70, 70, 4, 2, 16, True, 40),
     "not_causal": (1, 13, 40, 4, 2, 16, False, None),
 }
 TPU_CASES = ("gqa3", "gqa8_window", "gqa3_q_shorter_window")

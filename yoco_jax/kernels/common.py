@@ -84,6 +84,22 @@ def key_block_range(row0, block_rows, block_keys, num_key_blocks, masking: Maski
     return lax.div(jnp.maximum(first_key, 0), block_keys), end
 
 
+def unmasked_key_blocks(row0, block_rows, block_keys, first, end, masking: Masking):
+    """[a, b) inside [first, end): key blocks every row of the block sees entirely (no mask
+    needed). Blocks of [first, a) and [b, end) straddle the band's edges and need the mask."""
+    if not masking.causal:
+        return first, jnp.minimum(masking.kv_len // block_keys, end)
+    first_time = lax.div(row0, masking.group)
+    full_end = lax.div(masking.offset + first_time + 1, block_keys)
+    full_first = first
+    if masking.window is not None:
+        last_time = lax.div(row0 + (block_rows - 1), masking.group)
+        last_start = jnp.maximum(masking.offset + last_time - masking.window + 1, 0)
+        full_first = _cdiv(last_start, block_keys)
+    a = jnp.clip(full_first, first, end)
+    return a, jnp.clip(full_end, a, end)
+
+
 def row_block_range(key0, block_keys, block_rows, num_row_blocks, masking: Masking):
     """[first, end) of the row blocks that can see some key of `[key0, key0 + block_keys)`."""
     if not masking.causal:

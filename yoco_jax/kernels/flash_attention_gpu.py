@@ -35,6 +35,7 @@ from yoco_jax.kernels.common import (
     matmul,
     online_softmax_step,
     row_block_range,
+    unmasked_key_blocks,
 )
 
 
@@ -51,21 +52,31 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg):
     q = q_ref[...]
     scale = cfg.sm_scale * LOG2E
 
-    def body(j, carry):
-        key0 = j * block_keys
-        keys = pl.ds(key0, block_keys)
-        s = matmul(q, k_ref[keys, :], trans_b=True) * scale
-        mask = block_mask(row0, key0, block_rows, block_keys, cfg.masking)
-        s = jnp.where(mask, s, -jnp.inf)
-        return online_softmax_step(*carry, s, v_ref[keys, :])
+    def body(masked):
+        def step(j, carry):
+            key0 = j * block_keys
+            keys = pl.ds(key0, block_keys)
+            s = matmul(q, k_ref[keys, :], trans_b=True) * scale
+            if masked:
+                mask = block_mask(row0, key0, block_rows, block_keys, cfg.masking)
+                s = jnp.where(mask, s, -jnp.inf)
+            return online_softmax_step(*carry, s, v_ref[keys, :])
+
+        return step
 
     first, end = key_block_range(row0, block_rows, block_keys, num_key_blocks, cfg.masking)
-    init = (
+    # Only the blocks on the edges of the causal / window band pay for the mask.
+    full_first, full_end = unmasked_key_blocks(
+        row0, block_rows, block_keys, first, end, cfg.masking
+    )
+    carry = (
         jnp.zeros(o_ref.shape, jnp.float32),
         jnp.full((block_rows, 1), -jnp.inf, jnp.float32),
         jnp.zeros((block_rows, 1), jnp.float32),
     )
-    acc, m, denom = lax.fori_loop(first, end, body, init)
+    carry = lax.fori_loop(first, full_first, body(masked=True), carry)
+    carry = lax.fori_loop(full_first, full_end, body(masked=False), carry)
+    acc, m, denom = lax.fori_loop(full_end, end, body(masked=True), carry)
     seen = denom > 0.0
     o_ref[...] = jnp.where(seen, acc / jnp.where(seen, denom, 1.0), 0.0).astype(o_ref.dtype)
     lse_ref[...] = m + jnp.log2(denom)
