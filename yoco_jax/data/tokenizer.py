@@ -83,28 +83,33 @@ class Tokenizer:
         out.parent.mkdir(parents=True, exist_ok=True)
         model = io.BytesIO()
         spm.set_random_generator_seed(seed)
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_sentences(iter_texts(texts_or_files)),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            pad_id=PAD_ID,
-            eos_id=EOS_ID,
-            bos_id=BOS_ID,
-            unk_id=UNK_ID,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=False,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            character_coverage=0.9995,
-            input_sentence_size=max_sentences,
-            shuffle_input_sentence=True,
-            max_sentence_length=_MAX_SENTENCE_BYTES,
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_sentences(iter_texts(texts_or_files)),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                pad_id=PAD_ID,
+                eos_id=EOS_ID,
+                bos_id=BOS_ID,
+                unk_id=UNK_ID,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                remove_extra_whitespaces=False,
+                add_dummy_prefix=False,
+                allow_whitespace_only_pieces=True,
+                split_digits=True,
+                character_coverage=0.9995,
+                input_sentence_size=max_sentences,
+                shuffle_input_sentence=True,
+                max_sentence_length=_MAX_SENTENCE_BYTES,
+                num_threads=os.cpu_count() or 1,
+                minloglevel=2,
+            )
+        except RuntimeError as error:  # e.g. more distinct characters than vocab_size
+            raise ValueError(
+                f"sentencepiece could not train with vocab_size={vocab_size}: {error}"
+            ) from None
         out.write_bytes(model.getvalue())
         return cls.load(out)
 
