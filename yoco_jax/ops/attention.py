@@ -6,17 +6,40 @@ q `[B, Tq, Hq, D]`, k and v `[B, Tk, Hkv, D]`; query head h reads kv head h // (
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 MAX_DECODE_QUERIES = 16
+_KERNEL_OPTIONS: dict = {}
+
+
+@contextlib.contextmanager
+def kernel_options(**options):
+    """Extra keywords for the Pallas kernels traced inside this block, e.g. `backend="tpu",
+    interpret=True` to run the TPU kernels in interpret mode on CPU, or tile sizes."""
+    saved = dict(_KERNEL_OPTIONS)
+    _KERNEL_OPTIONS.update(options)
+    try:
+        yield
+    finally:
+        _KERNEL_OPTIONS.clear()
+        _KERNEL_OPTIONS.update(saved)
 
 
 def resolve_impl(impl: str) -> str:
     if impl == "auto":
         return "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
     return impl
+
+
+def _use_kernel(impl: str, head_dim: int, kv_len: int) -> bool:
+    """Pallas where the kernels apply: Triton tiles need a power-of-two head dim >= 16 and the
+    decode kernel a cache of >= 16 entries; other shapes (tiny test models) take the XLA path."""
+    fits = head_dim >= 16 and head_dim & (head_dim - 1) == 0 and kv_len >= 16
+    return resolve_impl(impl) == "pallas" and fits
 
 
 def masked_attention(
@@ -62,10 +85,10 @@ def causal_attention(
     impl: str = "xla",
 ) -> Float[Array, "B T Hq D"]:
     """Causal self/cross attention over a whole sequence (training, full forward)."""
-    if resolve_impl(impl) == "pallas":
+    if _use_kernel(impl, q.shape[-1], k.shape[1]):
         from yoco_jax import kernels
 
-        return kernels.flash_attention(q, k, v, causal=True, window=window)
+        return kernels.flash_attention(q, k, v, causal=True, window=window, **_KERNEL_OPTIONS)
     b, t = q.shape[:2]
     pos = jnp.broadcast_to(jnp.arange(t), (b, t))
     return masked_attention(q, k, v, position_mask(pos, pos, window))
@@ -83,10 +106,11 @@ def cache_attention(
 
     The Pallas decode kernel serves up to `MAX_DECODE_QUERIES` queries; more use the XLA path.
     """
-    if resolve_impl(impl) == "pallas" and q.shape[1] <= MAX_DECODE_QUERIES:
+    if _use_kernel(impl, q.shape[-1], k_cache.shape[1]) and q.shape[1] <= MAX_DECODE_QUERIES:
         from yoco_jax import kernels
 
-        return kernels.decode_attention(q, k_cache, v_cache, lengths)
+        options = {k: v for k, v in _KERNEL_OPTIONS.items() if k in ("backend", "interpret")}
+        return kernels.decode_attention(q, k_cache, v_cache, lengths, **options)
     b, tq = q.shape[:2]
     q_pos = lengths[:, None] - tq + jnp.arange(tq)
     kv_pos = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (b, k_cache.shape[1]))
