@@ -1,0 +1,1 @@
+"""Pretraining: optimizer, loss, sharded train step, orbax checkpoints, logging and the loop."""

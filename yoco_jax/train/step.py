@@ -1,0 +1,178 @@
+"""Train state, its sharded initialization and the jitted train / eval steps.
+
+`Trainer` derives every sharding once from `jax.eval_shape` of the initializer (parameters and
+optimizer state through the logical-axis rules, batches over the data-parallel axes) and compiles
+one train step with explicit in/out shardings and the state donated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from yoco_jax import sharding
+from yoco_jax.train.loss import cross_entropy_sums
+
+BATCH_KEYS = ("inputs", "targets", "segment_ids", "loss_mask")
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 []: the number of steps taken (= the index of the next batch)
+    params: Any  # float32 pytree
+    opt_state: Any  # optax state, float32
+    rng: jax.Array  # uint32 [2]: raw key data, folded with the step for per-step randomness
+
+
+class Trainer:
+    """Compiled, sharded training functions for one model, optimizer and mesh.
+
+    module: a linen model with `apply(variables, tokens, method="hidden")` -> final-normed
+    hidden states [B, T, D] and params["output_projection"]["kernel"] [D, V]. Packed documents
+    share one causal context per row (the model takes no segment ids), as in the official
+    training.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: optax.GradientTransformation,
+        schedule: optax.Schedule,
+        mesh: Mesh,
+        *,
+        grad_accum: int = 1,
+        loss_chunk: int = 1024,
+    ):
+        self.module, self.optimizer, self.schedule, self.mesh = module, optimizer, schedule, mesh
+        self.grad_accum, self.loss_chunk = grad_accum, loss_chunk
+        self.batch_sharding = sharding.batch_sharding(mesh)
+        with sharding.use_mesh(mesh):
+            boxed = jax.eval_shape(lambda rng: self._init(rng, unbox=False), jax.random.key(0))
+            self.state_shardings = sharding.logical_shardings(boxed, mesh)
+        self.abstract_state = jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            sharding.unbox(boxed),
+            self.state_shardings,
+        )
+        replicated = sharding.replicated(mesh)
+        self._init_jit = jax.jit(self._init, out_shardings=self.state_shardings)
+        self._train_jit = jax.jit(
+            self._train_step,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+        self._eval_jit = jax.jit(
+            self._eval_step,
+            in_shardings=(self.state_shardings.params, self.batch_sharding),
+            out_shardings=replicated,
+        )
+
+    # Public entry points: run inside the mesh context so activation constraints apply.
+
+    def init(self, seed: int) -> TrainState:
+        with sharding.use_mesh(self.mesh):
+            return self._init_jit(jax.random.key(seed))
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One optimizer step on a global batch (dict of [B, T] arrays); `state` is donated.
+
+        Metrics (replicated scalars): loss (token mean), grad_norm (before clipping),
+        learning_rate, tokens (counted targets), finite (False: the update was skipped).
+        """
+        with sharding.use_mesh(self.mesh):
+            return self._train_jit(state, batch)
+
+    def eval_loss_sums(self, params, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """(summed loss, counted tokens) of one batch."""
+        with sharding.use_mesh(self.mesh):
+            return self._eval_jit(params, batch)
+
+    # Traced bodies.
+
+    def _init(self, rng: jax.Array, *, unbox: bool = True) -> TrainState:
+        init_rng, train_rng = jax.random.split(rng)
+        params = self.module.init(init_rng, jnp.zeros((1, 8), jnp.int32))["params"]
+        if unbox:
+            params = sharding.unbox(params)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.optimizer.init(params),
+            rng=jax.random.key_data(train_rng),
+        )
+
+    def _loss_sums(self, params, batch: dict, rng: jax.Array | None):
+        """(summed loss, token count); `rng` feeds dropout-like layers, None when evaluating."""
+        hidden = self.module.apply(
+            {"params": params},
+            batch["inputs"],
+            method="hidden",
+            rngs=None if rng is None else {"dropout": rng},
+        )
+        kernel = params["output_projection"]["kernel"]
+        return cross_entropy_sums(
+            hidden, kernel, batch["targets"], batch["loss_mask"], chunk=self.loss_chunk
+        )
+
+    def _train_step(self, state: TrainState, batch: dict):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        micro_batches = jax.tree_util.tree_map(self._split_micro_batches, batch)
+        grad_fn = jax.value_and_grad(lambda p, b: self._loss_sums(p, b, rng), has_aux=True)
+
+        # Gradients of the summed loss, accumulated in float32 over micro-batches, then divided
+        # by the token count of the whole batch: exactly the gradient of the batch mean.
+        def accumulate(carry, micro_batch):
+            grad_sum, loss_sum, count = carry
+            (micro_loss, micro_count), grads = grad_fn(state.params, micro_batch)
+            grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
+            return (grad_sum, loss_sum + micro_loss, count + micro_count), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (grad_sum, loss_sum, count), _ = jax.lax.scan(accumulate, init, micro_batches)
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / count, grad_sum)
+        loss = loss_sum / count
+        grad_norm = optax.tree.norm(grads)
+
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # A non-finite loss or gradient leaves params and optimizer state untouched, so a bad
+        # step can never reach a checkpoint; the loop decides whether to stop or go on.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda n, o: jnp.where(finite, n, o), new, old
+        )
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            rng=state.rng,
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "learning_rate": self.schedule(state.step),
+            "tokens": count,
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    def _split_micro_batches(self, x: jax.Array) -> jax.Array:
+        """[B, T] -> [grad_accum, B / grad_accum, T], micro-batch a = rows a, a + k, a + 2k, ...
+
+        Strided rows keep every micro-batch spread over all data-parallel devices (a contiguous
+        split would put each micro-batch on a subset of them).
+        """
+        batch = x.shape[0]
+        micro = x.reshape(batch // self.grad_accum, self.grad_accum, *x.shape[1:]).swapaxes(0, 1)
+        spec = PartitionSpec(None, sharding.BATCH_AXES, *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(micro, NamedSharding(self.mesh, spec))
+
+    def _eval_step(self, params, batch: dict):
+        return self._loss_sums(params, batch, None)
