@@ -1,0 +1,102 @@
+"""Prefill latency against length: YOCO (chunkwise self-decoder, cross-decoder only at each
+chunk's last token) against the Transformer (every layer over every token), same size."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+from bench import flops
+from bench.machine import PeakTracker, compiled_flops, planned_peak
+from bench.models import empty_cache, extend, needs_fresh, params_bytes, random_params
+from bench.profiles import PAPER
+from bench.report import kilo
+from bench.runner import Context, Skip, guarded
+from yoco_jax.model import cache_bytes, init_cache
+
+
+def prefill_case(ctx: Context, cfg, params, weights: int, length: int, chunk: int) -> dict:
+    """Times one prompt of `length` tokens through `extend` in chunks (best of up to 3 runs)."""
+    chunk = min(chunk, length)
+    if length % chunk:
+        raise ValueError(f"length {length} must be a multiple of the prefill chunk {chunk}")
+    executed = flops.prefill_flops(cfg, length, chunk, executed=True)
+    minimum = flops.prefill_flops(cfg, length, chunk, executed=False)
+    n_compiles = 2 if needs_fresh(cfg) and length > chunk else 1
+    estimate = n_compiles * ctx.compile_s + 2 * executed / ctx.matmul_rate
+    if not ctx.budget.allows("prefill", estimate):
+        raise Skip(f"time budget (needs ~{estimate:.0f} s)")
+    need = weights + cache_bytes(cfg, 1, length)
+    if ctx.device_memory and need > ctx.device_memory:
+        raise Skip(f"does not fit: weights + cache = {need / 1e9:.1f} GB")
+
+    tracker = PeakTracker(owned_before=weights)
+    tokens = jax.random.randint(jax.random.key(1), (1, length), 0, cfg.vocab_size)
+    chunks = [tokens[:, i : i + chunk] for i in range(0, length, chunk)]
+    cache_shape = jax.eval_shape(lambda: init_cache(cfg, 1, length))
+    t0 = time.perf_counter()
+    kinds = [i == 0 and needs_fresh(cfg) for i in range(len(chunks))]  # fresh flag per chunk
+    fns = {
+        fresh: extend.lower(cfg, params, chunks[0], cache_shape, fresh=fresh).compile()
+        for fresh in set(kinds)
+    }
+    ctx.compile_s = (time.perf_counter() - t0) / len(fns)
+
+    def run() -> float:
+        cache = jax.block_until_ready(empty_cache(cfg, 1, length, 0))
+        t = time.perf_counter()
+        for i, c in enumerate(chunks):
+            logits, cache = fns[kinds[i]](params, c, cache)
+        jax.block_until_ready((logits, cache))
+        return time.perf_counter() - t
+
+    times = [run()]
+    while len(times) < 3 and times[-1] < 2.0:
+        times.append(run())
+    seconds = min(times)
+    xla = {fresh: compiled_flops(f) for fresh, f in fns.items()}
+    xla_total = None if None in xla.values() else sum(xla[k] for k in kinds)
+    plans = [p for p in map(planned_peak, fns.values()) if p is not None]
+    return {
+        "seconds": seconds,
+        "runs": len(times),
+        "flops_min": minimum,
+        "flops_executed": executed,
+        "flops_xla": xla_total,
+        "floor_fraction": minimum / ctx.matmul_rate / seconds,
+        "planned_peak": max(plans) if plans else None,
+        "device_peak": tracker.peak(),
+        "summary": f"{seconds:.3f} s ({len(times)} runs)",
+    }
+
+
+def run(ctx: Context) -> list[dict]:
+    p = ctx.profile
+    results = {}
+    for cfg, chunk in (
+        (p.yoco, p.yoco_prefill_chunk),
+        (p.transformer, p.transformer_prefill_chunk),
+    ):
+        params = random_params(cfg)
+        weights = params_bytes(cfg)
+        for length in p.prefill_lengths:
+            label = f"prefill {cfg.arch} {kilo(length)}"
+            results[cfg.arch, length] = guarded(
+                ctx, label, prefill_case, ctx, cfg, params, weights, length, chunk
+            )
+        del params
+    rows = []
+    for length in p.prefill_lengths:
+        y, t = results["yoco", length], results["transformer", length]
+        row = {"length": length, "yoco": y, "transformer": t, "paper": PAPER["prefill"].get(length)}
+        row["flop_ratio_min"] = flops.prefill_flops(
+            p.transformer, length, p.transformer_prefill_chunk, executed=False
+        ) / flops.prefill_flops(p.yoco, length, min(p.yoco_prefill_chunk, length), executed=False)
+        if "seconds" in y and "seconds" in t:
+            row["speedup"] = t["seconds"] / y["seconds"]
+            row["flop_ratio_executed"] = t["flops_executed"] / y["flops_executed"]
+        if y.get("planned_peak") and t.get("planned_peak"):
+            row["memory_ratio"] = t["planned_peak"] / y["planned_peak"]
+        rows.append(row)
+    return rows

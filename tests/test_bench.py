@@ -1,0 +1,87 @@
+"""The benchmark suite at its tiniest sizes: it runs, fills every table, and its analytic FLOP
+counts agree with XLA's. No timing assertions (speed is shown in docs/benchmarks.md)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from bench import flops
+from bench.models import extend, param_shapes, random_params
+from bench.profiles import get_profile
+from bench.suite import main
+from yoco_jax.model import init_cache
+from yoco_jax.model.cache import tree_bytes
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    results = main(
+        ["--device", "cpu", "--smoke", "--results-dir", str(out), "--docs-dir", str(out / "docs")]
+    )
+    return out, results
+
+
+def test_suite_writes_every_table_and_plot(smoke):
+    out, results = smoke
+    doc = (out / "docs" / "benchmarks.md").read_text()
+    for title in (
+        "Memory: yoco-3b",
+        "Prefill latency",
+        "Decode throughput",
+        "Retention forms",
+        "Training step",
+    ):
+        assert f"### {title}" in doc
+    for plot in ("memory", "prefill", "decode", "retention"):
+        assert (out / "docs" / f"bench-smoke-{plot}.png").stat().st_size > 1000
+    assert json.loads((out / "smoke.json").read_text())["profile"] == "smoke"
+    secs = results["sections"]
+    # every timed case ran (none skipped or failed at these sizes)
+    assert all("speedup" in r for r in secs["prefill"])
+    assert all("ratio" in r for r in secs["decode"])
+    assert all("seconds" in r["chunkwise"] for r in secs["retention"])
+    assert "tokens_per_s" in secs["train"][0]
+
+
+def test_memory_table_matches_hand_count(smoke):
+    _, results = smoke
+    row = next(r for r in results["sections"]["memory"] if r["length"] == 1024 * 1024)
+    # transformer-3b KV at 1M in bf16: 26 layers x K,V x 8 heads x 128 x 2 bytes per token
+    assert row["transformer"]["cache"] == 26 * 2 * 8 * 128 * 2 * 2**20 + 4
+    # YOCO: one K/V for the cross-decoder + 13 float32 retention states [24, 128, 128]
+    assert row["yoco"]["cache"] == 2 * 8 * 128 * 2 * 2**20 + 13 * 24 * 128 * 128 * 4 + 4
+    assert not row["transformer_fits"]
+
+
+@pytest.mark.parametrize("arch", ["yoco", "transformer"])
+def test_prefill_flops_match_xla_cost_analysis(arch):
+    """The executed count of a chunked prefill agrees with XLA's count of the compiled chunk."""
+    p = get_profile("smoke")
+    cfg = p.yoco if arch == "yoco" else p.transformer
+    length, chunk = 96, 48  # two prefill chunks of three retention chunks each
+    params = random_params(cfg)
+    cache = jax.eval_shape(lambda: init_cache(cfg, 1, length))
+    tokens = jnp.zeros((1, chunk), jnp.int32)
+    counted = 0.0
+    for fresh in (arch == "transformer", False):  # first chunk, then one against the cache
+        cost = extend.lower(cfg, params, tokens, cache, fresh=fresh).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        counted += cost["flops"]
+    analytic = flops.prefill_flops(cfg, length, chunk, executed=True)
+    # XLA also counts elementwise work (norms, softmax, rotary), so it may be somewhat higher
+    assert 0.85 * analytic < counted < 1.35 * analytic
+
+
+def test_param_count_matches_pytree():
+    for cfg in (get_profile("smoke").yoco, get_profile("smoke").transformer):
+        n = flops.param_count(cfg)
+        norms = sum(
+            x.size
+            for path, x in jax.tree_util.tree_leaves_with_path(param_shapes(cfg))
+            if "norm" in jax.tree_util.keystr(path)
+        )
+        total = tree_bytes(param_shapes(cfg)) // 4
+        assert n["body"] + n["embed"] + n["head"] + norms == total
