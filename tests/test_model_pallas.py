@@ -48,3 +48,15 @@ def test_pallas_model_matches_xla(reference, backend):
         assert rel(a, b) < 1e-5
     for a, b in zip(grads, expected_grads):
         assert rel(a, b) < 1e-4
+
+
+def test_pallas_runs_per_device_under_a_mesh(reference):
+    """Under a data x tensor mesh the kernels run in shard_map (batch and heads split)."""
+    from yoco_jax import sharding
+
+    model, tokens, (expected, _) = reference
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+    with sharding.use_mesh(mesh), kernel_options(backend="gpu", interpret=True):
+        got, _ = outputs(model.replace(attention_impl="pallas"), tokens)
+    for a, b in zip(got, expected):
+        assert rel(a, b) < 1e-5

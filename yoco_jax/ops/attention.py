@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
 
 MAX_DECODE_QUERIES = 16
@@ -40,6 +42,22 @@ def _use_kernel(impl: str, head_dim: int, kv_len: int) -> bool:
     decode kernel a cache of >= 16 entries; other shapes (tiny test models) take the XLA path."""
     fits = head_dim >= 16 and head_dim & (head_dim - 1) == 0 and kv_len >= 16
     return resolve_impl(impl) == "pallas" and fits
+
+
+def _per_device(kernel, *args):
+    """Runs a Pallas kernel on each device's shard under the context mesh (`jax.set_mesh`).
+
+    A pallas_call cannot be partitioned by XLA, so it runs in `shard_map`: batch and heads split
+    as the logical rules place `activation_batch` and `activation_heads` (data/fsdp and tensor
+    by default); args are [B, T, H, D] arrays and then an optional [B] lengths vector.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(*args)
+    batch, heads = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
+    heads_spec = P(batch, None, heads, None)
+    specs = tuple(heads_spec if a.ndim == 4 else P(batch) for a in args)
+    return jax.shard_map(kernel, in_specs=specs, out_specs=heads_spec, check_vma=False)(*args)
 
 
 def masked_attention(
@@ -88,7 +106,10 @@ def causal_attention(
     if _use_kernel(impl, q.shape[-1], k.shape[1]):
         from yoco_jax import kernels
 
-        return kernels.flash_attention(q, k, v, causal=True, window=window, **_KERNEL_OPTIONS)
+        kernel = lambda q, k, v: kernels.flash_attention(
+            q, k, v, causal=True, window=window, **_KERNEL_OPTIONS
+        )
+        return _per_device(kernel, q, k, v)
     b, t = q.shape[:2]
     pos = jnp.broadcast_to(jnp.arange(t), (b, t))
     return masked_attention(q, k, v, position_mask(pos, pos, window))
@@ -110,7 +131,8 @@ def cache_attention(
         from yoco_jax import kernels
 
         options = {k: v for k, v in _KERNEL_OPTIONS.items() if k in ("backend", "interpret")}
-        return kernels.decode_attention(q, k_cache, v_cache, lengths, **options)
+        kernel = lambda *args: kernels.decode_attention(*args, **options)
+        return _per_device(kernel, q, k_cache, v_cache, lengths)
     b, tq = q.shape[:2]
     q_pos = lengths[:, None] - tq + jnp.arange(tq)
     kv_pos = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (b, k_cache.shape[1]))
