@@ -7,6 +7,7 @@ times.
 """
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -228,3 +229,68 @@ def test_errors(tiny, tmp_path):
     path = save_cache(tmp_path / "c.npz", init_cache(tiny.config, 1, 8), tiny.config)
     with pytest.raises(ValueError, match="another model"):
         load_cache(path, build("transformer-tiny").config)
+
+
+# --- infer.py ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An official-layout folder of a tiny random model sized for the demo tokenizer."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    yoco_jax.init(yoco_jax.get_config("yoco-tiny", vocab_size=2048)).save_official(folder)
+    return folder
+
+
+def infer(argv, capsys):
+    from yoco_jax.inference.cli import main
+
+    main(argv)
+    return capsys.readouterr()
+
+
+def test_infer_streams_a_prompt(checkpoint, capsys):
+    from yoco_jax.data import demo_tokenizer
+
+    out = infer(["--checkpoint", str(checkpoint), "--prompt", "def f(x):", "--max-new-tokens",
+                 "6"], capsys)  # fmt: skip
+    model = yoco_jax.load_pretrained(checkpoint)
+    expected = generate(model, "def f(x):", 6, tokenizer=demo_tokenizer())
+    assert out.out == expected.text + "\n"
+    assert "tokens/s" in out.err and "peak" in out.err
+
+
+def test_infer_jsonl_batch(checkpoint, capsys, tmp_path):
+    from yoco_jax.data import demo_tokenizer
+
+    lines = [{"id": "a", "prompt": "import os"}, {"tokens": [5, 6, 7, 8, 9]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    files = ["--input-jsonl", str(tmp_path / "in.jsonl"), "--output-jsonl", str(tmp_path / "o")]
+    infer(["--checkpoint", str(checkpoint), *files, "--max-new-tokens", "5"], capsys)
+    results = [json.loads(x) for x in (tmp_path / "o").read_text().splitlines()]
+    model = yoco_jax.load_pretrained(checkpoint)
+    tok = demo_tokenizer()
+    expected = generate(model, ["import os", [5, 6, 7, 8, 9]], 5, tokenizer=tok)
+    assert [r["tokens"] for r in results] == [e.tokens for e in expected]
+    assert [r["text"] for r in results] == [tok.decode(e.tokens) for e in expected]
+    assert results[0]["id"] == "a" and results[1]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--checkpoint", "/nonexistent/run", "--prompt", "x"], "does not exist"),
+        (["--prompt", ""], "empty"),
+        (["--prompt", "word " * 40, "--max-len", "16"], "max_len"),
+        (["--input-jsonl", "{tmp}/bad.jsonl"], "vocabulary"),
+    ],
+)
+def test_infer_errors(checkpoint, capsys, tmp_path, args, message):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"tokens": [1, 5000]}) + "\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--checkpoint" not in args:
+        args = ["--checkpoint", str(checkpoint)] + args
+    with pytest.raises(SystemExit) as exit_info:
+        infer(args, capsys)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
