@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from yoco_jax.config import ModelConfig
 from yoco_jax.model.block import ACTIVATION_AXES, layer_class
 from yoco_jax.model.cache import TransformerCache
-from yoco_jax.model.layers import Embed, Linear, RMSNorm
-from yoco_jax.model.yoco import default_positions
+from yoco_jax.model.lm import LanguageModel, default_positions, last_tokens, new_token_layout
 
 
-class Transformer(nn.Module):
+class Transformer(LanguageModel):
     """n_layers of causal self-attention (n_attn_heads, n_attn_kv_heads) + SwiGLU; one KV cache
     per layer. Same methods as YOCO."""
 
-    config: ModelConfig
-
     def setup(self):
+        super().setup()
         cfg = self.config
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype)
         self.layers = [layer_class(cfg)(cfg, "attention") for _ in range(cfg.n_layers)]
-        self.layer_norm = RMSNorm(cfg.norm_eps, True, cfg.dtype, cfg.param_dtype)
-        self.output_projection = Linear(
-            cfg.vocab_size, ("embed", "vocab"), cfg.dtype, cfg.param_dtype
-        )
 
     def _run(self, tokens, positions, caches=None, valid=None, fresh=False):
         x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
@@ -42,11 +33,6 @@ class Transformer(nn.Module):
         positions = default_positions(tokens) if positions is None else positions
         return self.layer_norm(self._run(tokens, positions)[0])
 
-    def __call__(
-        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
-    ) -> Float[Array, "B T V"]:
-        return self.output_projection(self.hidden(tokens, positions)).astype(jnp.float32)
-
     def extend(
         self,
         tokens: Int[Array, "B T"],
@@ -55,11 +41,8 @@ class Transformer(nn.Module):
         fresh: bool = False,
     ) -> tuple[Float[Array, "B V"], TransformerCache]:
         """As YOCO.extend; every layer runs over every new token (no early exit)."""
-        b, t = tokens.shape
-        n_new = jnp.full((b,), t, jnp.int32) if n_new is None else n_new.astype(jnp.int32)
-        valid = jnp.arange(t)[None, :] < n_new[:, None]
-        positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+        n_new, valid, positions = new_token_layout(tokens, cache.lengths, n_new)
         x, layers = self._run(tokens, positions, cache.layers, valid, fresh)
-        last = jnp.take_along_axis(x, jnp.maximum(n_new - 1, 0)[:, None, None], axis=1)
-        logits = self.output_projection(self.layer_norm(last))[:, 0].astype(jnp.float32)
-        return logits, TransformerCache(layers, cache.lengths + n_new)
+        return self.logits_of(last_tokens(x, n_new)), TransformerCache(
+            layers, cache.lengths + n_new
+        )

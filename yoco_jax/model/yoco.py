@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.attention import write_kv
 from yoco_jax.model.block import ACTIVATION_AXES, layer_class
-from yoco_jax.model.cache import KVCache, YOCOCache
-from yoco_jax.model.layers import Embed, Linear, RMSNorm
+from yoco_jax.model.cache import YOCOCache
+from yoco_jax.model.layers import Linear, RMSNorm
+from yoco_jax.model.lm import LanguageModel, default_positions, last_tokens, new_token_layout
 from yoco_jax.model.rotary import apply_rotary
-
-
-def default_positions(tokens: Int[Array, "B T"]) -> Int[Array, "B T"]:
-    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
 class SelfDecoder(nn.Module):
@@ -65,7 +61,7 @@ class CrossDecoder(nn.Module):
         return x
 
 
-class YOCO(nn.Module):
+class YOCO(LanguageModel):
     """The decoder-decoder language model.
 
     `__call__`/`hidden` run the whole sequence (training, scoring). `extend` consumes new tokens
@@ -73,17 +69,10 @@ class YOCO(nn.Module):
     global cache, and the cross-decoder runs only at each sequence's last new token (early exit).
     """
 
-    config: ModelConfig
-
     def setup(self):
-        cfg = self.config
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype)
-        self.self_decoder = SelfDecoder(cfg)
-        self.cross_decoder = CrossDecoder(cfg)
-        self.layer_norm = RMSNorm(cfg.norm_eps, True, cfg.dtype, cfg.param_dtype)
-        self.output_projection = Linear(
-            cfg.vocab_size, ("embed", "vocab"), cfg.dtype, cfg.param_dtype
-        )
+        super().setup()
+        self.self_decoder = SelfDecoder(self.config)
+        self.cross_decoder = CrossDecoder(self.config)
 
     def hidden(
         self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
@@ -94,12 +83,6 @@ class YOCO(nn.Module):
         x, _ = self.self_decoder(x, positions)
         k, v = self.cross_decoder.project_kv(x, positions)
         return self.layer_norm(self.cross_decoder(x, positions, k, v))
-
-    def __call__(
-        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
-    ) -> Float[Array, "B T V"]:
-        """float32 logits for every position."""
-        return self.output_projection(self.hidden(tokens, positions)).astype(jnp.float32)
 
     def extend(
         self,
@@ -113,16 +96,11 @@ class YOCO(nn.Module):
         Returns float32 logits at each row's last new token and the updated cache. `fresh=True`
         promises an empty cache (a first prefill), which lets window attention skip the ring.
         """
-        b, t = tokens.shape
-        n_new = jnp.full((b,), t, jnp.int32) if n_new is None else n_new.astype(jnp.int32)
-        valid = jnp.arange(t)[None, :] < n_new[:, None]
-        positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+        n_new, valid, positions = new_token_layout(tokens, cache.lengths, n_new)
         x = self.embed_tokens(tokens)
         x, self_caches = self.self_decoder(x, positions, cache.self_layers, valid, fresh)
         k, v = self.cross_decoder.project_kv(x, positions)
         kv = write_kv(cache.kv, k, v, positions, valid)
         lengths = cache.lengths + n_new
-        last = jnp.take_along_axis(x, jnp.maximum(n_new - 1, 0)[:, None, None], axis=1)
-        h = self.cross_decoder(last, lengths[:, None] - 1, kv.k, kv.v, lengths)
-        logits = self.output_projection(self.layer_norm(h))[:, 0].astype(jnp.float32)
-        return logits, YOCOCache(self_caches, KVCache(*kv), lengths)
+        h = self.cross_decoder(last_tokens(x, n_new), lengths[:, None] - 1, kv.k, kv.v, lengths)
+        return self.logits_of(h), YOCOCache(self_caches, kv, lengths)

@@ -1,0 +1,55 @@
+"""What YOCO and the Transformer baseline share: embedding, final norm, output projection."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
+
+from yoco_jax.config import ModelConfig
+from yoco_jax.model.layers import Embed, Linear, RMSNorm
+
+
+def default_positions(tokens: Int[Array, "B T"]) -> Int[Array, "B T"]:
+    return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+def new_token_layout(
+    tokens: Int[Array, "B T"], lengths: Int[Array, " B"], n_new: Int[Array, " B"] | None
+) -> tuple[Int[Array, " B"], Bool[Array, "B T"], Int[Array, "B T"]]:
+    """For right-padded new tokens after `lengths`: (n_new, valid mask, positions)."""
+    b, t = tokens.shape
+    n_new = jnp.full((b,), t, jnp.int32) if n_new is None else n_new.astype(jnp.int32)
+    valid = jnp.arange(t)[None, :] < n_new[:, None]
+    positions = lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]
+    return n_new, valid, positions
+
+
+def last_tokens(x: Float[Array, "B T D"], n_new: Int[Array, " B"]) -> Float[Array, "B 1 D"]:
+    """Each row's last new token (row 0 where a row has none: its output is ignored)."""
+    return jnp.take_along_axis(x, jnp.maximum(n_new - 1, 0)[:, None, None], axis=1)
+
+
+class LanguageModel(nn.Module):
+    """Token embedding in, final RMSNorm and output projection out; subclasses add the body
+    in `setup` and define `hidden` (final-normed states) and `extend` (cached inference)."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.dim, cfg.dtype, cfg.param_dtype)
+        self.layer_norm = RMSNorm(cfg.norm_eps, True, cfg.dtype, cfg.param_dtype)
+        self.output_projection = Linear(
+            cfg.vocab_size, ("embed", "vocab"), cfg.dtype, cfg.param_dtype
+        )
+
+    def __call__(
+        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
+    ) -> Float[Array, "B T V"]:
+        """float32 logits for every position."""
+        return self.output_projection(self.hidden(tokens, positions)).astype(jnp.float32)
+
+    def logits_of(self, x: Float[Array, "B 1 D"]) -> Float[Array, "B V"]:
+        """float32 logits of un-normed final states of one token per row."""
+        return self.output_projection(self.layer_norm(x))[:, 0].astype(jnp.float32)
