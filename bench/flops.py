@@ -57,26 +57,42 @@ def _causal_pairs(t: int) -> float:
     return t * (t + 1) / 2
 
 
-def prefill_flops(cfg: ModelConfig, length: int, chunk: int, executed: bool = True) -> float:
+def prefill_flops(
+    cfg: ModelConfig,
+    length: int,
+    chunk: int,
+    executed: bool = True,
+    cache_len: int | None = None,
+    flash: bool = False,
+) -> float:
     """One sequence of `length` tokens consumed by `extend` in chunks of `chunk` into a cache of
-    `length` slots, logits at each chunk's last token (what bench.prefill times)."""
+    `cache_len` (default `length`) slots, logits at each chunk's last token (bench.prefill).
+
+    Executed counts follow the kernels: `flash` (Pallas) skips masked blocks and unfilled cache;
+    the XLA path scores a fresh chunk's full square and later chunks against the whole cache.
+    """
+    cache_len = cache_len or length
     n = -(-length // chunk)
     sizes = [chunk] * (length // chunk) + ([length % chunk] if length % chunk else [])
+    ends = [sum(sizes[: i + 1]) for i in range(n)]
     p = param_count(cfg)
     head = n * 2 * p["head"]
     if cfg.arch == "transformer":
-        if executed:  # fresh first chunk: c x c; later chunks: c x (whole cache)
-            pairs = sizes[0] ** 2 + sum(c * length for c in sizes[1:])
-        else:
+        if not executed:
             pairs = _causal_pairs(length)
+        elif flash:  # a fresh first chunk is causal; later ones use the XLA path (Tq > 16)
+            pairs = _causal_pairs(sizes[0]) + sum(c * cache_len for c in sizes[1:])
+        else:
+            pairs = sizes[0] ** 2 + sum(c * cache_len for c in sizes[1:])
         per_layer = 2 * layer_params(cfg, "attention") * length + _attention(cfg, pairs)
         return cfg.n_layers * per_layer + head
     self_dec = cfg.half_layers * (
         2 * layer_params(cfg, "retention") * length + sum(_retention(cfg, c) for c in sizes)
     )
     kv = 2 * 2 * cfg.dim * _kv_width(cfg) * length
-    ends = [sum(sizes[: i + 1]) for i in range(n)]  # cross-decoder runs at each chunk's end
-    cross_keys = n * length if executed else sum(ends)
+    # the cross-decoder runs at each chunk's last token, against the filled cache (decode
+    # kernel) or the whole masked cache (XLA path)
+    cross_keys = n * cache_len if executed and not flash else sum(ends)
     cross = cfg.half_layers * (2 * layer_params(cfg, "cross") * n + _attention(cfg, cross_keys))
     return self_dec + kv + cross + head
 

@@ -33,9 +33,9 @@ class Profile:
         return dataclasses.replace(self.yoco, arch="transformer")
 
 
-# The CPU model: big enough that matmuls run near the machine's rate, small enough that the
-# Transformer's quadratic prefill at 32K takes about a minute on 2 cores.
-_small = dict(dim=128, n_layers=4, hidden_dim=384, n_self_heads=1, n_attn_heads=2)
+# The CPU model: matmuls wide enough to run near the machine's rate, and few attention layers and
+# heads, since the Transformer's XLA attention at 32K moves ~40 bytes per (query, key, head).
+_small = dict(dim=128, n_layers=2, hidden_dim=384, n_self_heads=1, n_attn_heads=1)
 _small.update(n_attn_kv_heads=1, vocab_size=512, chunk_size=128)
 _tiny = dict(dim=32, n_layers=2, hidden_dim=64, n_self_heads=1, n_attn_heads=2)
 _tiny.update(n_attn_kv_heads=1, vocab_size=64, chunk_size=16)
@@ -74,7 +74,7 @@ def get_profile(name: str) -> Profile:
             name="cpu",
             yoco=get_config("yoco-tiny", **_small),
             prefill_lengths=(2 * K, 4 * K, 8 * K, 16 * K, 32 * K),
-            yoco_prefill_chunk=32 * K,
+            yoco_prefill_chunk=2 * K,
             transformer_prefill_chunk=2 * K,
             decode_lengths=(4 * K, 8 * K, 16 * K, 32 * K),
             decode_steps=8,
@@ -94,6 +94,7 @@ def get_profile(name: str) -> Profile:
                 **{
                     **_small,
                     "dim": 256,
+                    "n_layers": 4,
                     "hidden_dim": 768,
                     "n_self_heads": 2,
                     "n_attn_heads": 4,
@@ -102,7 +103,7 @@ def get_profile(name: str) -> Profile:
             ),
             train_batch=4,
             train_length=512,
-            matmul_n=1024,
+            matmul_n=2048,
             copy_bytes=2**28,
         )
     if name == "gpu":
@@ -110,10 +111,10 @@ def get_profile(name: str) -> Profile:
             name="gpu",
             yoco=get_config("yoco-3b", **_bf16),
             prefill_lengths=(32 * K, 64 * K, 128 * K, 256 * K, 512 * K, 1024 * K),
-            yoco_prefill_chunk=64 * K,
+            yoco_prefill_chunk=32 * K,
             transformer_prefill_chunk=1024 * K,  # one call: flash attention over the prompt
-            decode_lengths=(32 * K, 64 * K, 128 * K, 256 * K, 512 * K),
-            decode_steps=16,
+            decode_lengths=(32 * K, 128 * K, 512 * K, 64 * K, 256 * K),  # most wanted first
+            decode_steps=8,
             memory_budget=64 * 10**9,
             max_batch=512,
             retention=dict(

@@ -107,9 +107,12 @@ def main(argv=None) -> dict:
     results = json.loads(json.dumps(results, default=_jsonable))
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{profile.name}.json").write_text(json.dumps(results, indent=1) + "\n")
-    path = report.write(args.results_dir, args.docs_dir)
-    ctx.log(f"wrote {args.results_dir / (profile.name + '.json')} and {path}")
+    path = args.results_dir / f"{profile.name}.json"
+    if path.exists() and len(sections) < len(SHARES):  # a partial run updates its sections only
+        previous = json.loads(path.read_text())
+        results["sections"] = {**previous["sections"], **results["sections"]}
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    ctx.log(f"wrote {path} and {report.write(args.results_dir, args.docs_dir)}")
     return results
 
 

@@ -1,35 +1,22 @@
-"""Training throughput: tokens/s and model FLOP utilization of one AdamW step (mean next-token
-cross-entropy, jax.value_and_grad, params and optimizer state donated)."""
+"""Training throughput: tokens/s and model FLOP utilization of the project's train step
+(yoco_jax.train.step.Trainer: AdamW with clipping, chunked cross-entropy, state donated) on one
+device."""
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
-import optax
+import jax.numpy as jnp
 
 from bench import flops
-from bench.machine import nominal_peak, planned_peak, timeit
-from bench.models import random_params
+from bench.machine import PeakTracker, nominal_peak, timeit
 from bench.runner import Context, Skip, guarded
+from yoco_jax import sharding
 from yoco_jax.model import build_model
-
-
-def make_step(cfg, optimizer):
-    module = build_model(cfg)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, tokens):
-        def loss_fn(p):
-            logits = module.apply({"params": p}, tokens[:, :-1])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return step
+from yoco_jax.train.config import TrainConfig
+from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
+from yoco_jax.train.step import Trainer
 
 
 def train_case(ctx: Context) -> dict:
@@ -37,20 +24,27 @@ def train_case(ctx: Context) -> dict:
     cfg, batch, length = p.train, p.train_batch, p.train_length
     if not ctx.budget.allows("train", ctx.compile_s):
         raise Skip("time budget")
-    optimizer = optax.adamw(1e-4, weight_decay=0.1)
-    params = random_params(cfg)
-    opt_state = optimizer.init(params)
+    tracker = PeakTracker()
+    settings = TrainConfig(batch_size=batch, seq_len=length)
+    mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
+    trainer = Trainer(
+        build_model(cfg), make_optimizer(settings), learning_rate_schedule(settings), mesh,
+        loss_chunk=settings.loss_chunk,
+    )  # fmt: skip
+    state = [trainer.init(0)]
     tokens = jax.random.randint(jax.random.key(3), (batch, length + 1), 0, cfg.vocab_size)
+    ones = jnp.ones((batch, length), jnp.int32)
+    data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": ones}
+    data["loss_mask"] = ones
+
+    def step(data):  # the state is donated: carry it along
+        state[0], metrics = trainer.train_step(state[0], data)
+        return metrics["loss"]
+
     t0 = time.perf_counter()
-    compiled = make_step(cfg, optimizer).lower(params, opt_state, tokens).compile()
+    jax.block_until_ready(step(data))  # compiles
     ctx.compile_s = time.perf_counter() - t0
-    state = [params, opt_state]
-
-    def step(tokens):  # params and optimizer state are donated: carry them along
-        state[0], state[1], loss = compiled(state[0], state[1], tokens)
-        return loss
-
-    seconds = timeit(step, tokens, repeats=3)
+    seconds = timeit(step, data, repeats=3)
     model_flops = flops.train_flops(cfg, batch, length)
     peak = nominal_peak(jax.devices()[0].device_kind)
     return {
@@ -59,7 +53,7 @@ def train_case(ctx: Context) -> dict:
         "model_flops": model_flops,
         "mfu_measured": model_flops / seconds / ctx.matmul_rate,
         "mfu_nominal": None if peak is None else model_flops / seconds / peak,
-        "planned_peak": planned_peak(compiled),
+        "device_peak": tracker.peak(),
         "summary": f"{1e3 * seconds:.1f} ms/step, {batch * length / seconds:.0f} tok/s",
     }
 
