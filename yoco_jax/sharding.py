@@ -69,7 +69,7 @@ def mesh_shape(axes: Mapping[str, int], device_count: int) -> tuple[int, int, in
     elif fixed != device_count:
         raise ValueError(
             f"mesh {dict(axes)} needs {fixed} devices but {device_count} are available; "
-            f"set one axis to -1 to use the rest, e.g. mesh.data=-1"
+            f"set one axis to -1 to use the rest (e.g. mesh.data=-1)"
         )
     return tuple(sizes)
 

@@ -1,8 +1,9 @@
 """TrainConfig: every knob of a training run, from configs/train-<name>.yaml plus key=value.
 
-Keys are the dataclass fields. Two prefixes reach into nested settings:
+Keys are the dataclass fields. Three prefixes reach into nested settings:
   model.<key>=value  overrides a field of the model config named by `model` (e.g. model.dim=128)
   data.<key>=value   overrides a field of the DataConfig (e.g. data.path=corpus/)
+  mesh.<axis>=size   sets one mesh axis (e.g. mesh.data=2 mesh.fsdp=-1); mesh={...} sets all
 """
 
 from __future__ import annotations
@@ -115,11 +116,12 @@ def load_train_config(name_or_path: str | None = None, overrides: list[str] = ()
         raise ConfigError(f"{path} must hold a mapping of training config keys")
     values["model_overrides"] = dict(values.get("model_overrides") or {})
     values["data"] = dict(values.get("data") or {})
+    values["mesh"] = dict(values.get("mesh") or TrainConfig().mesh)
+    sections = {"model": "model_overrides", "data": "data", "mesh": "mesh"}
     for key, value in parse_overrides(overrides).items():
         section, _, field = key.partition(".")
-        if section in ("model", "data") and field:
-            target = values["model_overrides"] if section == "model" else values["data"]
-            target[field] = value
+        if section in sections and field:
+            values[sections[section]][field] = value
         else:
             values[key] = value
     return TrainConfig.from_dict(values)
