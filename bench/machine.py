@@ -7,7 +7,6 @@ machine shows up as a lower rate rather than as a worse fraction of floor.
 from __future__ import annotations
 
 import os
-import platform
 import time
 
 import jax
@@ -25,7 +24,6 @@ def describe() -> dict:
         "device": dev.device_kind,
         "n_devices": jax.device_count(),
         "jax": jax.__version__,
-        "host": platform.node(),
         "cpus": os.cpu_count(),
         "device_memory": device_memory_limit(),
     }
