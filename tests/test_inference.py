@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 
 import yoco_jax
-from yoco_jax.inference import generate, grow_cache, load_cache, prefill, save_cache
+from yoco_jax.inference import (
+    Buckets,
+    generate,
+    grow_cache,
+    load_cache,
+    prefill,
+    save_cache,
+)
 from yoco_jax.inference.generate import _decode_loop, _prefill_chunk
 from yoco_jax.inference.sampling import Sampling, filter_logits, row_keys, sample
 from yoco_jax.model import init_cache
@@ -76,7 +83,7 @@ def test_greedy_matches_full_forward_mixed_lengths(model):
 def test_prefill_logits_match_full_forward_and_one_shot(model):
     prompts = random_prompts(model.config.vocab_size)
     logits, cache = prefill(model, prompts, chunk_size=CHUNK)
-    width = max(PROMPT_LENGTHS)
+    width = max(PROMPT_LENGTHS) + NEW  # the shape reference_greedy compiled
     full = np.asarray(model.logits([p + [0] * (width - len(p)) for p in prompts]))
     expected = full[np.arange(len(prompts)), np.array(PROMPT_LENGTHS) - 1]
     np.testing.assert_allclose(np.asarray(logits), expected, atol=2e-4, rtol=2e-4)
@@ -118,6 +125,20 @@ def test_grow_cache_pads_kv_only(model):
         else:
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert tree_bytes(grown) == cache_bytes(model.config, 4, 100)
+
+
+def test_buckets():
+    ladder = Buckets(batch=(1, 4, 16), length=(100, 1000))
+    assert [ladder.batch_size(n) for n in (1, 2, 4, 5, 17)] == [1, 4, 4, 16, 32]
+    assert [ladder.seq_len(n) for n in (1, 100, 101, 1001)] == [100, 100, 1000, 1024]
+    assert [Buckets().seq_len(n) for n in (1, 16, 17, 1000)] == [16, 16, 32, 1024]
+
+
+def test_ladder_buckets_give_the_same_tokens(tiny):
+    prompts = random_prompts(256)
+    plain = generate(tiny, prompts, NEW, prefill_chunk=CHUNK)  # batch 4, cache 64
+    ladder = Buckets(batch=(6,), length=(48,))  # batch 6, prompt width and cache 48
+    assert generate(tiny, prompts, NEW, prefill_chunk=CHUNK, buckets=ladder) == plain
 
 
 def test_decode_loop_compiles_once_and_streams(tiny):
