@@ -28,6 +28,7 @@ def test_suite_writes_every_table_and_plot(smoke):
     out, results = smoke
     doc = (out / "docs" / "benchmarks.md").read_text()
     for title in (
+        "Targets",
         "Memory: yoco-3b",
         "Prefill latency",
         "Decode throughput",
@@ -43,6 +44,7 @@ def test_suite_writes_every_table_and_plot(smoke):
     assert all("speedup" in r for r in secs["prefill"])
     assert all("ratio" in r for r in secs["decode"])
     assert all("seconds" in r["chunkwise"] for r in secs["retention"])
+    assert "chunkwise_slope" in secs["retention"][0]
     assert "tokens_per_s" in secs["train"][0]
 
 
