@@ -18,10 +18,12 @@ from yoco_jax.model import build_model
 
 @dataclasses.dataclass
 class Model:
-    """A YOCO (or baseline) model: `config` and `params` (a plain pytree of arrays)."""
+    """A YOCO (or baseline) model: `config`, `params` (a plain pytree of arrays) and, when one
+    is known, the `tokenizer` that turns text prompts into tokens."""
 
     config: ModelConfig
     params: dict
+    tokenizer: object = dataclasses.field(default=None, repr=False)
 
     @property
     def module(self) -> nn.Module:
@@ -47,13 +49,32 @@ class Model:
         """float32 logits [B, T, vocab] for int tokens [B, T]."""
         return _logits(self.config, self.params, self.check_tokens(tokens))
 
+    def generate(self, prompts, max_new_tokens: int = 32, **kwargs):
+        """Completions of token-list or text prompts: temperature, top_k, top_p, stop, seed...
+        (see `yoco_jax.inference.generate`)."""
+        from yoco_jax.inference import generate
+
+        return generate(self, prompts, max_new_tokens, **kwargs)
+
+    def prefill(self, prompts, **kwargs):
+        """Runs prompts into a fresh cache (see `yoco_jax.inference.prefill`)."""
+        from yoco_jax.inference import prefill
+
+        return prefill(self, prompts, **kwargs)
+
+    def decode(self, state, **kwargs):
+        """Continues a decode state (see `yoco_jax.inference.decode`)."""
+        from yoco_jax.inference import decode
+
+        return decode(self, state, **kwargs)
+
     def save_official(self, path, dtype: str = "float32") -> Path:
         """Writes the official PyTorch layout (params.json + model.safetensors)."""
         return write_official(path, self.config, self.params, dtype)
 
     def replace(self, **overrides) -> Model:
         """The same weights under a config with `overrides` (e.g. dtype, attention_impl)."""
-        return Model(replace_checked(self.config, **overrides), self.params)
+        return Model(replace_checked(self.config, **overrides), self.params, self.tokenizer)
 
 
 @jax.jit(static_argnums=0)
@@ -71,21 +92,24 @@ def init(config: ModelConfig | str, seed: int = 0) -> Model:
 
 
 def load_pretrained(path: str | os.PathLike, **overrides) -> Model:
-    """Loads an official-layout folder (params.json + model.safetensors / checkpoint.pth) or a
-    training output folder of this project (its latest checkpoint)."""
+    """Loads an official-layout folder (params.json + model.safetensors / *.pth) or a training
+    output folder of this project (its latest checkpoint), with its tokenizer when known."""
+    from yoco_jax.inference.tokenizer import find_tokenizer
+
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if (path / "params.json").exists():
         config, params = read_official(path, **overrides)
-        return Model(config, params)
-    from yoco_jax.train.checkpoint import load_params
+    else:
+        from yoco_jax.train.checkpoint import load_params
 
-    try:
-        config, params = load_params(path)
-    except FileNotFoundError as e:
-        raise CheckpointError(
-            f"{path} is neither an official-layout folder (no params.json) nor a training output "
-            f"folder with a checkpoint ({e})"
-        ) from e
-    return Model(config, params).replace(**overrides) if overrides else Model(config, params)
+        try:
+            config, params = load_params(path)
+        except FileNotFoundError as e:
+            raise CheckpointError(
+                f"{path} is neither an official-layout folder (no params.json) nor a training "
+                f"output folder with a checkpoint ({e})"
+            ) from e
+        config = replace_checked(config, **overrides)
+    return Model(config, params, find_tokenizer(path, config.vocab_size))
