@@ -22,8 +22,9 @@ from yoco_jax.train.step import Trainer
 def train_case(ctx: Context) -> dict:
     p = ctx.profile
     cfg, batch, length = p.train, p.train_batch, p.train_length
-    if not ctx.budget.allows("train", ctx.compile_s):
-        raise Skip("time budget")
+    estimate = 3 * ctx.compile_s  # init, then forward + backward + update: a larger program
+    if not ctx.budget.allows("train", estimate):
+        raise Skip(f"time budget (needs ~{estimate:.0f} s)")
     tracker = PeakTracker()
     settings = TrainConfig(batch_size=batch, seq_len=length)
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
