@@ -318,8 +318,13 @@ def train_section(rows: list[dict]) -> str:
 
 
 def plots(res: dict, docs: Path) -> list[str]:
-    """One PNG per comparison; each title names machine, JAX, config, batch and dtype."""
-    import matplotlib
+    """One PNG per comparison; each title names machine, JAX, config, batch and dtype. None
+    without matplotlib (the GPU machine may lack it: re-render here with python -m bench.report)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("bench.report: matplotlib is not installed, so no plots", flush=True)
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -380,7 +385,14 @@ def plots(res: dict, docs: Path) -> list[str]:
                     )
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("tokens / s")
-        save(fig, ax, "decode", f"Decode throughput, {small}")
+        budget = res["profile_sizes"]["memory_budget"] / 1e9
+        save(
+            fig,
+            ax,
+            "decode",
+            f"Decode throughput, {small}, batch: the largest whose weights + "
+            f"cache fit {budget:.3g} GB (same memory) or the Transformer's (same batch)",
+        )
     if "retention" in secs:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for form in ("parallel", "chunkwise", "recurrent"):
@@ -530,3 +542,8 @@ def write(results_dir: Path, docs: Path) -> Path:
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out
+
+
+if __name__ == "__main__":  # re-render docs/benchmarks.md and the plots from the saved results
+    root = Path(__file__).resolve().parent.parent
+    print(write(root / "bench" / "results", root / "docs"))
