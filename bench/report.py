@@ -16,10 +16,12 @@ in `bench/report.py`). Each run rewrites its own suite's section and keeps the o
     python -m bench.suite --device gpu --budget-s 330  # yoco-3b vs transformer-3b, one GPU
     python -m bench.suite --device gpu --sections train --budget-s 200   # one section again
 
-Cases that would overrun the time budget, that do not fit the device, or that fail are listed
-in their table's notes column instead of stopping the run. Every comparison is measured side by
-side in one run and given as a ratio (Transformer / YOCO for time and memory, YOCO / Transformer
-for throughput), with the paper's figure (3B, H100-80GB) beside it.
+Kernel-level numbers (Pallas vs XLA vs cuDNN attention) are in docs/benchmarks-attention.md
+(`python bench/attention.py`). Cases that would overrun the time budget, that do not fit the
+device, or that fail are listed in their table's notes column instead of stopping the run. Every
+comparison is measured side by side in one run and given as a ratio (Transformer / YOCO for time
+and memory, YOCO / Transformer for throughput), with the paper's figure (3B, H100-80GB) beside
+it.
 
 How to read the columns:
 - **% of floor**: the time the work needs at this machine's rates, measured in the same run

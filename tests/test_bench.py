@@ -10,6 +10,7 @@ import pytest
 from bench import flops
 from bench.models import extend, param_shapes, random_params
 from bench.profiles import get_profile
+from bench.runner import Budget, Context, guarded
 from bench.suite import main
 from yoco_jax.model import init_cache
 from yoco_jax.model.cache import tree_bytes
@@ -87,3 +88,27 @@ def test_param_count_matches_pytree():
         )
         total = tree_bytes(param_shapes(cfg)) // 4
         assert n["body"] + n["embed"] + n["head"] + norms == total
+
+
+def test_exhausted_budget_skips_cases_into_the_tables(tmp_path):
+    """With no time left every case is skipped, and the run still writes its tables."""
+    results = main(["--device", "cpu", "--smoke", "--budget-s", "0.001", "--results-dir",
+                    str(tmp_path), "--docs-dir", str(tmp_path), "--sections",
+                    "prefill,decode,retention,train"])  # fmt: skip
+    secs = results["sections"]
+    cases = [r[arch] for r in secs["prefill"] + secs["decode"] for arch in ("yoco", "transformer")]
+    cases += [r[form] for r in secs["retention"] for form in ("parallel", "chunkwise")]
+    cases += secs["train"]
+    assert cases and all("time budget" in c["note"] for c in cases)
+    assert "time budget" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_a_failing_case_becomes_a_note():
+    ctx = Context(get_profile("smoke"), Budget(10, {"prefill": 1}), 1e9, 1e9, None)
+
+    def broken():
+        raise RuntimeError("out of memory while allocating 12 GB\nmore detail")
+
+    assert guarded(ctx, "broken case", broken) == {
+        "note": "error: RuntimeError: out of memory while allocating 12 GB"
+    }
