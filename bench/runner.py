@@ -17,7 +17,6 @@ class Budget:
 
     def __init__(self, total_s: float, shares: dict[str, float]):
         self.start = time.perf_counter()
-        self.total_s = total_s
         norm = sum(shares.values())
         acc, self.ends = 0.0, {}
         for name, share in shares.items():
