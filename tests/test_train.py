@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from yoco_jax import sharding
 from yoco_jax.config import ConfigError, get_config
@@ -161,6 +162,23 @@ def test_non_finite_step_is_not_applied(trainer):
     kept = zip(jax.tree_util.tree_leaves(state[1:3]), jax.tree_util.tree_leaves(before[1:3]))
     for got, want in kept:
         np.testing.assert_array_equal(got, want)  # ...but params and optimizer state are kept
+
+
+def test_checkpoint_restores_onto_another_mesh(trainer, tmp_path):
+    state = trainer.init(seed=0)
+    checkpointer = Checkpointer(str(tmp_path))
+    checkpointer.save(3, state, {"0": {"position": 7}}, {"note": "x"})
+    checkpointer.wait()
+    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
+    other = Trainer(trainer.module, trainer.optimizer, trainer.schedule, mesh)
+    restored, data_state, config = Checkpointer(str(tmp_path)).restore(3, other.abstract_state)
+    assert data_state == {"0": {"position": 7}} and config == {"note": "x"}
+    kernel = restored.params["output_projection"]["kernel"]
+    assert kernel.sharding == other.state_shardings.params["output_projection"]["kernel"]
+    assert kernel.sharding.spec == P("fsdp", "tensor") and kernel.sharding.mesh.shape["tensor"] == 4
+    pairs = zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state))
+    for got, want in pairs:
+        np.testing.assert_array_equal(got, want)
 
 
 # Data feeding -----------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def check_compatible(saved_model: dict, model_config) -> None:
 def load_params(output_dir: str, step: int | None = None):
     """(ModelConfig, params) of a training run's checkpoint (default: the latest), params only
     (no optimizer state), as float32 arrays on the default device."""
-    from yoco_jax.config import ModelConfig
+    from yoco_jax.config import from_dict
     from yoco_jax.model import build_model
 
     directory = checkpoint_directory(output_dir)
@@ -123,7 +123,7 @@ def load_params(output_dir: str, step: int | None = None):
             f"(available steps: {list(manager.all_steps())})"
         )
     config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    model_config = ModelConfig(**config["config"]["model"])
+    model_config = from_dict(config["config"]["model"])
     module = build_model(model_config)
     boxed = jax.eval_shape(module.init, jax.random.key(0), jax.numpy.zeros((1, 8), np.int32))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -179,6 +179,8 @@ class _Run:
         if step % self.config.log_every and step != self.config.steps:
             return
         logged = {**metrics, "tokens_per_s": tokens_per_s, "step_time_s": elapsed}
+        if self.config.nan_policy == "skip":
+            logged["skipped_steps"] = self.skipped
         if self.peak:
             flops_per_s = self.flops_per_step / max(elapsed, 1e-9)
             logged["mfu"] = flops_per_s / (self.peak * jax.device_count())
