@@ -61,12 +61,14 @@ def matmul_rate(n: int, dtype) -> float:
     return 2 * n**3 / timeit(f, a, a, repeats=7, best=True)
 
 
-def copy_bandwidth(n_bytes: int) -> float:
-    """Measured bytes/s of read + write streaming through an array of `n_bytes` (x + 1), best
-    of 7."""
+def bandwidths(n_bytes: int) -> dict:
+    """Measured bytes/s over an array of `n_bytes`, best of 7: `copy` streams it through x + 1
+    (read + write), `read` sums it (read only; XLA's CPU elementwise loops are slower than its
+    reductions, on GPUs the two agree). Floors use the faster: the rate reads can reach."""
     x = jnp.zeros((n_bytes // 4,), jnp.float32)
-    f = jax.jit(lambda y: y + 1)
-    return 2 * x.nbytes / timeit(f, x, repeats=7, best=True)
+    copy = 2 * x.nbytes / timeit(jax.jit(lambda y: y + 1), x, repeats=7, best=True)
+    read = x.nbytes / timeit(jax.jit(jnp.sum), x, repeats=7, best=True)
+    return {"copy": copy, "read": read, "floor": max(copy, read)}
 
 
 def device_memory_limit() -> int | None:

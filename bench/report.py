@@ -25,7 +25,8 @@ it.
 
 How to read the columns:
 - **% of floor**: the time the work needs at this machine's rates, measured in the same run
-  (an n x n matmul for FLOP/s, `x + 1` over a large array for bytes/s), over the measured time.
+  (an n x n matmul for FLOP/s; for bytes/s the faster of `x + 1` and a sum over a large array),
+  over the measured time.
   Prefill and training use the model's FLOP count (causal attention counts each pair once);
   decode uses the bytes a step must read (weights, plus the K/V every attention layer reads: all
   L layers' caches for the Transformer, the one global cache re-read by each of YOCO's L/2 cross
@@ -108,7 +109,7 @@ def caption(res: dict) -> str:
     return (
         f"{m['device']} ({m['backend']}, {m['cpus']} host CPUs), jax {m['jax']}; measured "
         f"matmul {c['matmul_rate'] / 1e12:.3f} TFLOP/s ({c['matmul_dtype']}), copy "
-        f"{c['bandwidth'] / 1e9:.1f} GB/s"
+        f"{c['copy_bandwidth'] / 1e9:.1f} GB/s, read {c['read_bandwidth'] / 1e9:.1f} GB/s"
     )
 
 

@@ -75,19 +75,22 @@ def main(argv=None) -> dict:
     calibration = {
         "matmul_rate": machine.matmul_rate(profile.matmul_n, dtype),
         "matmul_dtype": jax.numpy.dtype(dtype).name,
-        "bandwidth": machine.copy_bandwidth(profile.copy_bytes),
     }
+    calibration.update(
+        {f"{k}_bandwidth": v for k, v in machine.bandwidths(profile.copy_bytes).items()}
+    )
     ctx = Context(
         profile,
         budget,
         calibration["matmul_rate"],
-        calibration["bandwidth"],
+        calibration["floor_bandwidth"],
         info["device_memory"],
         compile_s=1.0 if backend == "cpu" else 20.0,
     )
     ctx.log(
         f"calibration: matmul {calibration['matmul_rate'] / 1e12:.3f} TFLOP/s "
-        f"({calibration['matmul_dtype']}), copy {calibration['bandwidth'] / 1e9:.1f} GB/s"
+        f"({calibration['matmul_dtype']}), copy {calibration['copy_bandwidth'] / 1e9:.1f} GB/s, "
+        f"read {calibration['read_bandwidth'] / 1e9:.1f} GB/s"
     )
 
     modules = {"memory": memory, "prefill": prefill, "decode": decode}
