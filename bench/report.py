@@ -367,6 +367,11 @@ def plots(res: dict, docs: Path) -> list[str]:
         for arch in ("yoco", "transformer"):
             x, y = series(secs["memory"], "length", arch, lambda c: c["total"] / 1e9)
             ax.loglog(x, y, "o-", label=f"{arch}-3b weights + cache", base=2)
+            if name == "gpu" and "prefill" in secs:  # the timed models are these 3B ones
+                plan = lambda c: None if not c.get("planned_peak") else c["planned_peak"] / 1e9
+                x, y = series(secs["prefill"], "length", arch, plan)
+                if x:
+                    ax.loglog(x, y, "s--", label=f"{arch}-3b prefill peak (XLA plan)", base=2)
         ax.set_xlabel("context length (tokens)")
         ax.set_ylabel("GB")
         save(fig, ax, "memory", "Inference memory, yoco-3b vs transformer-3b, batch 1, bf16")
