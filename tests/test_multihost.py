@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from yoco_jax import distributed
+
 ROOT = Path(__file__).resolve().parent.parent
 # A constant learning rate, so a run stopped at step 4 and continued to 8 follows the same
 # schedule as a run of 8 steps; data_shards fixes the batches whatever the process count.
@@ -18,8 +20,6 @@ RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=
        "batch_size=8", "learning_rate=3e-3", "schedule=constant", "warmup_steps=0",
        "data_shards=2", "data.shuffle_window=8", "log_every=1", "eval_batches=1",
        "checkpoint_every=2", "progress=false"]  # fmt: skip
-
-pytestmark = pytest.mark.slow
 
 
 def _env(devices, cache):
@@ -69,6 +69,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def test_distributed_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
+    assert distributed.initialize() is False
+    assert distributed.initialize(num_processes=1) is False
+    with pytest.raises(ValueError, match="--coordinator_address, --num_processes and --process_id"):
+        distributed.initialize(num_processes=2, process_id=0)
+
+
+@pytest.mark.slow
 def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
     cache = tmp_path / "compile_cache"
     two, one = tmp_path / "two_processes", tmp_path / "one_process"

@@ -63,6 +63,17 @@ def test_chunked_cross_entropy_matches_full_logits(dtype, chunk, tol):
         )
 
 
+def test_chunked_cross_entropy_never_builds_whole_batch_logits():
+    batch, time_, dim, vocab, chunk = 2, 64, 8, 50, 16
+    hidden, kernel = jnp.zeros((batch, time_, dim)), jnp.zeros((dim, vocab))
+    targets, mask = jnp.zeros((batch, time_), jnp.int32), jnp.ones((batch, time_))
+    loss = lambda h, w: cross_entropy_sums(h, w, targets, mask, chunk=chunk)[0]
+    program = str(jax.make_jaxpr(jax.value_and_grad(loss, (0, 1)))(hidden, kernel))
+    assert f"f32[{batch},{chunk},{vocab}]" in program  # one chunk of logits at a time...
+    for whole in (f"{time_},{vocab}]", f"[{batch * time_},{vocab}]"):
+        assert whole not in program  # ...never all positions at once
+
+
 # Optimizer --------------------------------------------------------------------------------------
 
 
@@ -118,6 +129,16 @@ def trainer():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     optimizer, schedule = make_optimizer(STEP_CONFIG), learning_rate_schedule(STEP_CONFIG)
     return Trainer(build_model(TINY), optimizer, schedule, mesh, grad_accum=2, loss_chunk=6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_optimizer_state():
+    config = get_config("yoco-tiny", n_layers=2, dtype="bfloat16")
+    mesh = sharding.make_mesh({"data": -1})
+    trainer = Trainer(build_model(config), make_optimizer(STEP_CONFIG),
+                      learning_rate_schedule(STEP_CONFIG), mesh)  # fmt: skip
+    state = trainer.abstract_state
+    for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state)):
+        assert leaf.dtype in (jnp.float32, jnp.int32), leaf  # int32: Adam's step counter
 
 
 def test_train_step_matches_a_plain_optax_step(trainer):
@@ -345,7 +366,9 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_run(
     process.kill()
     process.wait()
     # A save cut off mid-way leaves an unfinished folder: it must never be restored.
-    (tmp_path / "checkpoints" / f"{checkpoint + 10}.orbax-checkpoint-tmp-123").mkdir()
+    unfinished = tmp_path / "checkpoints" / f"{checkpoint + 10}.orbax-checkpoint-tmp-1234567"
+    (unfinished / "state").mkdir(parents=True)
+    (unfinished / "state" / "partial").write_bytes(b"cut off")
     output = _finish(_start(compile_cache, tmp_path))
     assert f"resuming from step {checkpoint}\n" in output, output
     # Bit for bit: every step's loss and the final parameters.
@@ -363,6 +386,12 @@ def test_restart_starts_over_and_repeats_the_run(uninterrupted, compile_cache):
     steps = [r["step"] for r in _records(output_dir) if "loss" in r]
     assert steps == list(range(1, STEPS + 1))  # the old run's logs are gone
     assert _losses(output_dir) == losses  # same seed, same run
+
+
+def test_resuming_with_another_model_is_a_clear_error(uninterrupted):
+    config = load_train_config(None, [*RUN, f"output_dir={uninterrupted[0]}", "model.dim=32"])
+    with pytest.raises(ValueError, match="dim: checkpoint 64 vs config 32.*--restart"):
+        train(config)
 
 
 # Guards (in-process: they fail before anything compiles, or right after the first steps) ---------

@@ -117,8 +117,8 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
             if eval_batches and (done == config.steps or _every(done, config.eval_every)):
                 run.evaluate(done, eval_batches)
             if stopping:
-                run.flush()
-                _print(f"{stop.received}: saved step {done} in {checkpointer.directory}; exiting")
+                signal_name = stop.received or "a signal to another process"
+                _print(f"{signal_name}: saved step {done} in {checkpointer.directory}; exiting")
                 break
         run.flush()
     finally:
