@@ -1,6 +1,7 @@
 """The benchmark suite at its tiniest sizes: it runs, fills every table, and its analytic FLOP
 counts agree with XLA's. No timing assertions (speed is shown in docs/benchmarks.md)."""
 
+import dataclasses
 import json
 
 import jax
@@ -112,3 +113,24 @@ def test_a_failing_case_becomes_a_note():
     assert guarded(ctx, "broken case", broken) == {
         "note": "error: RuntimeError: out of memory while allocating 12 GB"
     }
+
+
+def test_decode_retries_a_failing_kernel_on_the_xla_path(monkeypatch):
+    from bench import decode
+
+    real = decode.decode_case
+
+    def pallas_breaks(ctx, cfg, *args):
+        if cfg.attention_impl == "pallas":
+            raise RuntimeError("Triton lowering failed")
+        return real(ctx, cfg, *args)
+
+    monkeypatch.setattr(decode, "decode_case", pallas_breaks)
+    p = get_profile("smoke")
+    p = dataclasses.replace(p, yoco=dataclasses.replace(p.yoco, attention_impl="pallas"))
+    rows = decode.run(Context(p, Budget(100, {"decode": 1}), 1e9, 1e9, None))
+    yoco = rows[0]["yoco"]
+    assert "tokens_per_s" in yoco and "ratio" in rows[0]
+    assert (
+        yoco["note"] == "XLA attention; Pallas failed: error: RuntimeError: Triton lowering failed"
+    )
