@@ -35,6 +35,9 @@ def parse_args(argv=None):
     ap.add_argument("--sections", default=",".join(SHARES), help="comma-separated subset")
     ap.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
+    ap.add_argument("--compile-cache", type=Path, default=None,
+                    help="persistent XLA compilation cache (a rerun on the same machine skips "
+                         "most compiles)")  # fmt: skip
     return ap.parse_args(argv)
 
 
@@ -54,6 +57,9 @@ def main(argv=None) -> dict:
     from bench.profiles import get_profile
     from bench.runner import Budget, Context
 
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", str(args.compile_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     backend = jax.default_backend()
     if (args.device == "gpu") != (backend == "gpu"):
         sys.exit(f"--device {args.device} asked for, but JAX's default backend is {backend}")
