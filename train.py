@@ -4,9 +4,10 @@
     python train.py --config NAME_OR_YAML key=value   # configs/train-<NAME>.yaml, then overrides
     python train.py --restart                         # start over instead of resuming
 
-Keys are those of yoco_jax.train.config.TrainConfig; `model.<key>=` and `data.<key>=` reach the
-model and data settings. Multi-host: the same command on every host with --coordinator_address,
---num_processes and --process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+Keys are those of yoco_jax.train.config.TrainConfig (see docs/training.md); `model.<key>=`,
+`data.<key>=` and `mesh.<axis>=` reach the model, data and mesh settings. Multi-host: the same
+command on every host with --coordinator_address, --num_processes and --process_id (or
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
 import argparse
@@ -15,7 +16,9 @@ from yoco_jax import distributed
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=None, help="training config name or YAML path")
     parser.add_argument("--restart", action="store_true", help="start over (clears output_dir)")
     parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
@@ -24,11 +27,15 @@ def main(argv=None):
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
 
-    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    from yoco_jax.config import ConfigError
     from yoco_jax.train.config import load_train_config
     from yoco_jax.train.loop import train
 
-    train(load_train_config(args.config, args.overrides), restart=args.restart)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    try:
+        train(load_train_config(args.config, args.overrides), restart=args.restart)
+    except ConfigError as error:  # a bad key or value: the message says which and what to do
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

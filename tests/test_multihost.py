@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # schedule as a run of 8 steps; data_shards fixes the batches whatever the process count.
 RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=32",
        "batch_size=8", "learning_rate=3e-3", "schedule=constant", "warmup_steps=0",
-       "data_shards=2", "data.shuffle_window=8", "log_every=1", "eval_batches=1",
-       "checkpoint_every=2", "progress=false"]  # fmt: skip
+       "data_shards=2", "data.shuffle_window=8", "data.eval_fraction=0.25", "log_every=1",
+       "eval_batches=1", "checkpoint_every=2", "progress=false"]  # fmt: skip
 
 
 def _env(devices, cache):
@@ -29,11 +29,11 @@ def _env(devices, cache):
                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")  # fmt: skip
 
 
-def _start(output_dir, steps, cache, processes):
+def _start(output_dir, steps, cache, processes, corpus):
     """Starts train.py in `processes` processes (4 devices in all)."""
     port = _free_port()
     command = [sys.executable, str(ROOT / "train.py"), *RUN, f"steps={steps}",
-               f"output_dir={output_dir}"]  # fmt: skip
+               f"output_dir={output_dir}", f"data.path={corpus}"]  # fmt: skip
     distributed = lambda i: [f"--coordinator_address=localhost:{port}",
                              f"--num_processes={processes}", f"--process_id={i}"]  # fmt: skip
     return [
@@ -78,13 +78,18 @@ def test_distributed_initialize_is_a_no_op_for_one_process_and_checks_its_argume
 
 @pytest.mark.slow
 def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
-    cache = tmp_path / "compile_cache"
+    cache, corpus = tmp_path / "compile_cache", tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):  # small documents: quick to read, many per process
+        (corpus / f"doc{i}.py").write_text(
+            f"def f{i}(x):\n    return x * {i} + {i % 7}\n" * (i % 5 + 1)
+        )
     two, one = tmp_path / "two_processes", tmp_path / "one_process"
-    reference_run = _start(one, 8, cache, processes=1)  # overlaps the two-process runs
-    first = _finish(_start(two, 4, cache, processes=2))
+    reference_run = _start(one, 8, cache, processes=1, corpus=corpus)  # overlaps the others
+    first = _finish(_start(two, 4, cache, processes=2, corpus=corpus))
     assert "2 process(es)" in first and "mesh {'data': 4" in first
     assert sorted(os.listdir(two / "checkpoints")) == ["2", "4"]
-    resumed = _finish(_start(two, 8, cache, processes=2))  # every process restores step 4
+    resumed = _finish(_start(two, 8, cache, processes=2, corpus=corpus))  # both restore step 4
     assert "resuming from step 4" in resumed
     _finish(reference_run)
     losses, steps = _losses(two)

@@ -394,6 +394,13 @@ def test_resuming_with_another_model_is_a_clear_error(uninterrupted):
         train(config)
 
 
+def test_a_bad_key_on_the_command_line_is_a_usage_error():
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "stpes=3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert "train.py: error: unknown config key 'stpes'. Did you mean 'steps'?" in result.stderr
+
+
 # Guards (in-process: they fail before anything compiles, or right after the first steps) ---------
 
 
