@@ -23,7 +23,7 @@ BATCH_KEYS = ("inputs", "targets", "segment_ids", "loss_mask")
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 []: the number of steps taken (= the index of the next batch)
-    params: Any  # float32 pytree
+    params: Any  # pytree in the model's param_dtype (float32)
     opt_state: Any  # optax state, float32
     rng: jax.Array  # uint32 [2]: raw key data, folded with the step for per-step randomness
 
@@ -33,8 +33,7 @@ class Trainer:
 
     module: a linen model with `apply(variables, tokens, method="hidden")` -> final-normed
     hidden states [B, T, D] and params["output_projection"]["kernel"] [D, V]. Packed documents
-    share one causal context per row (the model takes no segment ids), as in the official
-    training.
+    share one causal context per row: the model takes no segment ids.
     """
 
     def __init__(
