@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig, get_config, replace_checked
-from yoco_jax.export import CheckpointError, read_official, write_official
+from yoco_jax.errors import CheckpointError
 from yoco_jax.model import build_model
 
 
@@ -70,6 +70,8 @@ class Model:
 
     def save_official(self, path, dtype: str = "float32") -> Path:
         """Writes the official PyTorch layout (params.json + model.safetensors)."""
+        from yoco_jax.export import write_official
+
         return write_official(path, self.config, self.params, dtype)
 
     def replace(self, **overrides) -> Model:
@@ -100,6 +102,8 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> Model:
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
     if (path / "params.json").exists():
+        from yoco_jax.export import read_official
+
         config, params = read_official(path, **overrides)
     else:
         from yoco_jax.train.checkpoint import load_params

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from yoco_jax.errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 _CHOICES = {
@@ -26,10 +28,6 @@ _CHOICES = {
     "attention_impl": ("auto", "xla", "pallas"),
     "remat": ("none", "full", "dots", "dots_with_no_batch_dims"),
 }
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

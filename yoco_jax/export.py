@@ -19,17 +19,14 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from yoco_jax.config import ConfigError, ModelConfig, from_dict
+from yoco_jax.config import ModelConfig, from_dict
+from yoco_jax.errors import CheckpointError, ConfigError
 
 # YOCOArgs fields written to params.json (the rest of ModelConfig is ours).
 OFFICIAL_FIELDS = (
     "dim", "n_layers", "hidden_dim", "n_self_heads", "n_attn_heads", "n_attn_kv_heads",
     "vocab_size", "rope_theta", "norm_eps", "sliding_window",
 )  # fmt: skip
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that cannot be loaded; the message names the file or key."""
 
 
 def _official_key(path: tuple[str, ...]) -> str:
