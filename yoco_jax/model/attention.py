@@ -9,7 +9,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import KVCache, WindowKV
-from yoco_jax.model.layers import Linear
+from yoco_jax.model.layers import Linear, project_qkv
 from yoco_jax.model.rotary import apply_rotary
 from yoco_jax.ops.attention import (
     cache_attention,
@@ -57,14 +57,7 @@ class SlidingWindowAttention(nn.Module):
         cfg = self.config
         b, t, dim = x.shape
         h, d, w = cfg.n_self_heads, cfg.self_head_dim, cfg.sliding_window
-        heads = lambda y: y.reshape(b, t, h, d)
-        q = apply_rotary(
-            heads(_dense(cfg, dim, ("embed", "heads"), "q_proj")(x)), positions, cfg.rope_theta
-        )
-        k = apply_rotary(
-            heads(_dense(cfg, dim, ("embed", "heads"), "k_proj")(x)), positions, cfg.rope_theta
-        )
-        v = heads(_dense(cfg, dim, ("embed", "heads"), "v_proj")(x))
+        q, k, v = project_qkv(cfg, x, positions, h, h, d)
 
         new_cache = None
         if cache is None or fresh:
@@ -133,12 +126,8 @@ class SelfAttention(nn.Module):
     ) -> tuple[Float[Array, "B T D"], KVCache | None]:
         cfg = self.config
         b, t, dim = x.shape
-        hkv, d = cfg.n_attn_kv_heads, cfg.attn_head_dim
-        q = _dense(cfg, dim, ("embed", "heads"), "q_proj")(x).reshape(b, t, cfg.n_attn_heads, d)
-        k = _dense(cfg, hkv * d, ("embed", "kv_heads"), "k_proj")(x).reshape(b, t, hkv, d)
-        v = _dense(cfg, hkv * d, ("embed", "kv_heads"), "v_proj")(x).reshape(b, t, hkv, d)
-        q = apply_rotary(q, positions, cfg.rope_theta)
-        k = apply_rotary(k, positions, cfg.rope_theta)
+        heads, kv_heads, d = cfg.n_attn_heads, cfg.n_attn_kv_heads, cfg.attn_head_dim
+        q, k, v = project_qkv(cfg, x, positions, heads, kv_heads, d)
         new_cache = None
         if cache is not None:
             new_cache = write_kv(cache, k, v, positions, valid)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from yoco_jax.model.rotary import apply_rotary
+
 # torch's kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
@@ -102,3 +104,27 @@ class Embed(nn.Module):
         )
         x = jnp.take(table, tokens, axis=0).astype(jnp.float32)
         return (x * self.dim**0.5).astype(self.dtype)
+
+
+def project_qkv(
+    config,
+    x: Float[Array, "B T D"],
+    positions: Int[Array, "B T"],
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    kernel_init: nn.initializers.Initializer = default_init,
+) -> tuple[Float[Array, "B T H Dh"], Float[Array, "B T Hkv Dh"], Float[Array, "B T Hkv Dh"]]:
+    """q_proj, k_proj (both with rotary) and v_proj of a mixer; call it inside a compact method
+    so the three Linear layers become that mixer's submodules."""
+    b, t, _ = x.shape
+    kv_axes = ("embed", "heads" if kv_heads == heads else "kv_heads")
+
+    def dense(features, axes, name):
+        return Linear(features, axes, config.dtype, config.param_dtype, kernel_init, name=name)
+
+    q = dense(heads * head_dim, ("embed", "heads"), "q_proj")(x).reshape(b, t, heads, head_dim)
+    k = dense(kv_heads * head_dim, kv_axes, "k_proj")(x).reshape(b, t, kv_heads, head_dim)
+    v = dense(kv_heads * head_dim, kv_axes, "v_proj")(x).reshape(b, t, kv_heads, head_dim)
+    theta = config.rope_theta
+    return apply_rotary(q, positions, theta), apply_rotary(k, positions, theta), v

@@ -8,8 +8,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import RetentionState
-from yoco_jax.model.layers import Linear, RMSNorm, xavier_uniform
-from yoco_jax.model.rotary import apply_rotary
+from yoco_jax.model.layers import Linear, RMSNorm, project_qkv, xavier_uniform
 from yoco_jax.ops.retention import chunkwise_retention, recurrent_retention
 
 GATE_LOGIT_NORMALIZER = 16  # gamma = sigmoid(x W)^(1/16)
@@ -36,10 +35,7 @@ class GatedRetention(nn.Module):
         dense = lambda n, name, init=qkvg_init, axes=("embed", "heads"): Linear(
             n, axes, cfg.dtype, cfg.param_dtype, init, name=name
         )
-        heads = lambda y: y.reshape(b, t, h, d)
-        q = apply_rotary(heads(dense(dim, "q_proj")(x)), positions, cfg.rope_theta)
-        k = apply_rotary(heads(dense(dim, "k_proj")(x)), positions, cfg.rope_theta)
-        v = heads(dense(dim, "v_proj")(x))
+        q, k, v = project_qkv(cfg, x, positions, h, h, d, qkvg_init)
         gate = dense(dim, "g_proj")(x)
         log_gate = nn.log_sigmoid(dense(h, "gt_proj", axes=("embed", None))(x))
         log_gate = log_gate.astype(jnp.float32) / GATE_LOGIT_NORMALIZER
