@@ -28,7 +28,6 @@ from yoco_jax.inference.sampling import Sampling, filter_logits, row_keys, sampl
 from yoco_jax.model import init_cache
 from yoco_jax.model.cache import cache_bytes, tree_bytes
 
-TESTDATA = "/work/shared/testdata"
 # Awkward lengths: one token, within a retention chunk (16), across chunks and the SWA window (16).
 PROMPT_LENGTHS = (1, 7, 23, 40)
 NEW = 6
@@ -225,9 +224,9 @@ def test_yoco_3b_cache_20x_smaller_at_1m():
 
 
 @pytest.mark.parametrize("folder", ["official-gret-gqa", "official-swa"])
-def test_official_greedy(folder):
-    model = yoco_jax.load_pretrained(f"{TESTDATA}/{folder}")
-    expected = np.load(f"{TESTDATA}/{folder}/expected.npz")
+def test_official_greedy(folder, testdata):
+    model = yoco_jax.load_pretrained(testdata / folder)
+    expected = np.load(testdata / folder / "expected.npz")
     outs = generate(model, expected["prompt"].tolist(), max_new_tokens=8)
     np.testing.assert_array_equal(np.array([o.tokens for o in outs]), expected["greedy"])
 

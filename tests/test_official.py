@@ -11,8 +11,6 @@ from safetensors.numpy import save_file
 
 import yoco_jax
 
-TESTDATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "testdata"
-
 CASES = {
     # gRet, GQA 4 query heads over 2 kv heads, chunk 8 so T=21 spans 3 chunks with a remainder.
     "gret-gqa": dict(dim=32, n_layers=4, hidden_dim=48, n_self_heads=2, n_attn_heads=4,
@@ -58,9 +56,9 @@ def test_chunk_size_does_not_change_logits(official_folder):
 
 
 @pytest.mark.parametrize("name", ["official-gret-gqa", "official-swa"])
-def test_logits_match_official_pytorch(name):
-    expected = np.load(TESTDATA / name / "expected.npz")
-    model = yoco_jax.load_pretrained(TESTDATA / name)
+def test_logits_match_official_pytorch(name, testdata):
+    expected = np.load(testdata / name / "expected.npz")
+    model = yoco_jax.load_pretrained(testdata / name)
     assert relative_error(model.logits(expected["tokens"]), expected["logits"]) < 1e-4
 
 
