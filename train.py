@@ -11,6 +11,7 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
 import argparse
+import os
 
 from yoco_jax import distributed
 
@@ -36,6 +37,12 @@ def main(argv=None):
         train(load_train_config(args.config, args.overrides), restart=args.restart)
     except ConfigError as error:  # a bad key or value: the message says which and what to do
         parser.error(str(error))
+    except (OSError, ValueError, FloatingPointError) as error:
+        # Missing or empty data, a mismatched checkpoint, a non-finite loss: the message names
+        # the problem and the fix; the traceback only on request.
+        if os.environ.get("YOCO_TRACEBACK"):
+            raise
+        parser.exit(1, f"train.py: error: {error}\n(YOCO_TRACEBACK=1 shows the traceback)\n")
 
 
 if __name__ == "__main__":
