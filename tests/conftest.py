@@ -16,15 +16,6 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
-    """shared/testdata beside the checkout (CI copies shared/ next to its clone), or
-    $YOCO_TESTDATA."""
-    here = Path(__file__).resolve()
-    candidates = [Path(os.environ["YOCO_TESTDATA"])] if "YOCO_TESTDATA" in os.environ else []
-    candidates += [parent / "shared" / "testdata" for parent in here.parents]
-    for path in candidates:
-        if (path / "official-swa" / "expected.npz").exists():
-            return path
-    raise FileNotFoundError(
-        "official test data not found: expected shared/testdata beside the checkout or "
-        "YOCO_TESTDATA=<folder>; looked in " + ", ".join(map(str, candidates))
-    )
+    """The official models' test vectors shipped in tests/testdata (small official-layout
+    models with the official PyTorch code's logits and greedy tokens)."""
+    return Path(__file__).resolve().parent / "testdata"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
+import re
 import typing
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +21,9 @@ import yaml
 
 from yoco_jax.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ lives at the top of the checkout; yoco_jax/configs links to it, so the files ship
+# inside the package (package data) and are found the same way in a checkout and a wheel.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 _CHOICES = {
     "arch": ("yoco", "transformer"),
@@ -102,15 +106,56 @@ class ModelConfig:
         return self.n_layers // 2
 
 
-def _scalar(text: str) -> Any:
-    """A YAML scalar, with numbers such as 1e6 (a string to YAML 1.1) read as floats."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 with YAML 1.2's floats: `1e-5` and `1e6` are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parses YAML text the way every config file and `key=value` of this project is read."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"not valid YAML: {error}") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A mapping from a YAML or JSON file (an official params.json is read as JSON)."""
+    text = Path(path).read_text()
+    if Path(path).suffix == ".json":
         try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+    else:
+        try:
+            data = load_yaml(text)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def _scalar(text: str) -> Any:
+    """A `key=value` value parsed as a YAML scalar; text that is not valid YAML stays text."""
+    try:
+        return load_yaml(text)
+    except ConfigError:
+        return text
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -196,7 +241,4 @@ def get_config(name_or_path: str | os.PathLike, **overrides) -> ModelConfig:
                 f"no config named {str(name_or_path)!r}: give a file path or one of "
                 f"{', '.join(available_configs())}"
             )
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
-    return from_dict(data, **overrides)
+    return from_dict(read_config_file(path), **overrides)
