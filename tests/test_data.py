@@ -13,6 +13,7 @@ import pytest
 
 from yoco_jax.data import DataConfig, Tokenizer, demo_tokenizer, make_iterator, stdlib_corpus
 from yoco_jax.data import tokenizer as tokenizer_cli
+from yoco_jax.data.documents import DataWarning
 from yoco_jax.data.pipeline import held_out, split_indices
 from yoco_jax.data.prepare import main as prepare_main
 from yoco_jax.data.prepare import prepare
@@ -408,7 +409,7 @@ def test_data_errors(tmp_path, tok):
             batch_size=1,
             split="eval",
         )
-    with pytest.raises(ValueError, match="no train documents for process"):
+    with pytest.raises(ValueError, match="no train documents for data stream 1 of 2"):
         make_iterator(
             DataConfig(path=str(small)),
             tok,
@@ -442,3 +443,96 @@ def test_config_and_tokenizer_errors(tmp_path):
     (tmp_path / "corrupt.model").write_bytes(b"definitely not a protobuf")
     with pytest.raises(ValueError, match="corrupt.model is not a valid sentencepiece model"):
         Tokenizer.load(tmp_path / "corrupt.model")
+
+
+# --- bad data is found before training (issue 9: defects 6, 7, 10, 12) ------------------------
+
+
+def test_bad_text_files_are_refused_by_name_or_skipped_in_folders(tmp_path, tok):
+    build = lambda path: make_iterator(DataConfig(path=str(path)), tok, seq_len=8, batch_size=2)
+    (tmp_path / "blob.dat").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"blob.dat looks binary \(a NUL byte at offset 0\)"):
+        build(tmp_path / "blob.dat")
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "latin1.txt").write_bytes("café crème\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.txt is not UTF-8 \(byte 0xe9 at offset 3"):
+        build(folder / "latin1.txt")
+    for i in range(3):
+        (folder / f"ok{i}.txt").write_text(f"good text {i} " * 20)
+    with pytest.warns(DataWarning, match=r"skipped 1 file\(s\) that are not UTF-8.*latin1.txt"):
+        batches = build(folder)
+    text = tok.decode(next(batches)["inputs"].reshape(-1).tolist())
+    assert "good text" in text and "caf" not in text
+
+
+def test_jsonl_is_checked_up_front_and_null_texts_are_skipped_and_counted(tmp_path, tok):
+    build = lambda path: make_iterator(DataConfig(path=str(path)), tok, seq_len=8, batch_size=2)
+    lines = [json.dumps({"text": f"line {i}"}) for i in range(3000)]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([*lines[:-1], '{"text": "cut of']) + "\n")
+    with pytest.raises(ValueError, match=r"broken.jsonl:3000: not a JSON line"):
+        build(broken)  # at construction, before any batch is read
+    for bad, message in (
+        ({"text": 123}, "field 'text' holds a int, expected a string"),
+        ({"raw_content_lines": ["a", 1]}, "expected a list of strings"),
+        (["text"], "must be a JSON object"),
+    ):
+        path = tmp_path / "bad.jsonl"
+        path.write_text("\n".join([*lines[:5], json.dumps(bad)]) + "\n")
+        with pytest.raises(ValueError, match=r"bad.jsonl:6: .*" + message):
+            build(path)
+    nulls = tmp_path / "nulls.jsonl"
+    records = [{"text": None} if i in (2, 5, 9) else {"text": f"kept {i}"} for i in range(12)]
+    nulls.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.warns(DataWarning, match=r"skipped 3 JSONL line\(s\) whose text is null: "
+                      r".*nulls.jsonl:3, .*nulls.jsonl:6, .*nulls.jsonl:10"):  # fmt: skip
+        batches = make_iterator(
+            DataConfig(path=str(nulls), eval_fraction=0), tok, seq_len=200, batch_size=1
+        )
+    text = tok.decode(next(batches)["inputs"][0].tolist())
+    assert "None" not in text and "kept 0" in text
+
+
+def test_small_corpora_hold_out_one_document_and_single_ones_say_which_key(tmp_path, tok):
+    assert held_out(5, 0.01).sum() == 1 and held_out(1, 0.01).sum() == 0
+    assert held_out(5, 0.0).sum() == 0
+    np.testing.assert_array_equal(held_out(5, 0.01), held_out(5, 0.01))
+    for i in range(5):
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i} " * 30)
+    config = DataConfig(path=str(tmp_path))  # the default eval_fraction, 0.01
+    streams = [
+        list(
+            make_iterator(
+                config,
+                tok,
+                seq_len=16,
+                batch_size=2,
+                split="eval",
+                process_index=k,
+                process_count=2,
+            )
+        )  # fmt: skip
+        for k in range(2)
+    ]
+    assert sorted(len(s) for s in streams)[0] == 0 and sum(len(s) for s in streams) > 0
+    train = make_iterator(config, tok, seq_len=16, batch_size=2)
+    held = int(np.flatnonzero(held_out(5, 0.01))[0])
+    seen = tok.decode(np.concatenate([next(train)["inputs"].reshape(-1) for _ in range(20)]))
+    assert f"document {held} " not in seen and all(
+        f"document {i} " in seen for i in range(5) if i != held
+    )
+    single = tmp_path / "doc0.txt"
+    with pytest.raises(ValueError, match=r"data.eval_fraction=0.01 holds out no document"):
+        make_iterator(DataConfig(path=str(single)), tok, seq_len=8, batch_size=1, split="eval")
+
+
+def test_official_layout_rejects_a_weight_that_is_not_a_positive_number(official, tmp_path, tok):
+    root, _ = official
+    for weight in (None, "3", -1, True):
+        copy = tmp_path / f"copy{weight}"
+        (copy / "json").mkdir(parents=True)
+        (copy / "json" / "A.json").write_text((root / "json" / "A.json").read_text())
+        (copy / "json" / "train.json").write_text(json.dumps([{"name": "A", "weight": weight}]))
+        with pytest.raises(ValueError, match=rf"source 'A' has weight {weight!r}.*positive number"):
+            make_iterator(DataConfig(path=str(copy)), tok, seq_len=8, batch_size=1)

@@ -14,11 +14,16 @@ Public interface (used by yoco_jax.train):
 - `DataConfig(path, kind="auto", eval_fraction=0.01, shuffle_window=256,
   num_threads=4)` (frozen; `DataConfig.from_dict(mapping)` rejects unknown keys).
 - `make_iterator(config, tokenizer, *, seq_len, batch_size, split="train", seed=0,
-  process_index=0, process_count=1)`: an iterator of dicts of numpy arrays
+  process_index=0, process_count=1, sources=None)`: an iterator of dicts of numpy arrays
   (inputs/targets/segment_ids int32, loss_mask float32, each [batch_size, seq_len], batch_size
   being this process's share) with `get_state()` (JSON-serializable) and `set_state(state)`.
   Packing: concat-then-split (grain), EOS after each document. Train repeats forever, epochs
   reshuffled from the seed; eval is one ordered pass, last batch padded (loss_mask 0).
+  `sources` (`corpus.resolve_sources(path, kind)`) lets several streams share one reading.
+- Every text and JSONL file is read and checked when the sources are resolved (before the
+  first batch): files named explicitly must be UTF-8 text, JSONL lines JSON objects with a
+  string text; files a folder walk finds that are not UTF-8 and null texts are skipped with a
+  `documents.DataWarning`.
 - `python -m yoco_jax.data.prepare --input <data> --tokenizer <model> --out <folder>`:
   pre-tokenized ArrayRecord shards + manifest.json, read back with kind "arrayrecord" (or "auto").
 

@@ -19,7 +19,8 @@ class DataConfig:
     kind: "auto" (detect from the path), "text" (every file is one document), "jsonl" (every
       line is one {"text": ...} document), "official" or "arrayrecord".
     eval_fraction: fraction of documents held out for split="eval", chosen by a hash of the
-      document's index in its source (the same documents whatever the seed or process count).
+      document's index in its source (the same documents whatever the seed or process count);
+      a source of two or more documents where it selects none holds out one (0 = no split).
     shuffle_window: train rows are shuffled within consecutive windows of this many packed rows,
       on top of the per-epoch document shuffle (0 = off), so long documents spread over batches.
     num_threads: threads that read and tokenize documents in each process (no worker

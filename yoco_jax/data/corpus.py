@@ -5,19 +5,24 @@ the official layout) or a 1-D token array (ArrayRecord folders written by `prepa
 `i` of a source is always the same document, so held-out splits and shuffles are reproducible.
 
 - a plain text file is one document; each non-blank line of a JSONL file is one document
-  (`{"text": ...}`, or the official loader's `content` / `raw_content_lines`);
-- folders are read recursively (hidden files, `__pycache__` and binary files skipped), globs
-  expand recursively (`**`), "stdlib" is `stdlib_corpus()`;
+  (`{"text": ...}`, or the official loader's `content` / `raw_content_lines`); every file is
+  checked when the sources are resolved (see documents.py);
+- folders are read recursively (hidden files, `__pycache__` and binary files skipped; other
+  files that are not UTF-8 skipped with a warning), globs expand recursively (`**`), "stdlib"
+  is `stdlib_corpus()`;
 - the official YOCO layout root has `json/train.json`: a list of `{"name": ..., "weight": w}`
-  (or `"count"`) entries; source `name` lists its JSONL shards in `json/<name>.json` (or inline
-  as the entry's `"source"` list), each path absolute or relative to the root;
+  (or `"count"`, a positive number) entries; source `name` lists its JSONL shards in
+  `json/<name>.json` (or inline as the entry's `"source"` list), each path absolute or relative
+  to the root;
 - an ArrayRecord folder has the `manifest.json` written by `python -m yoco_jax.data.prepare`.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
+import math
 import os
 import sysconfig
 from collections.abc import Iterator, Sequence
@@ -25,22 +30,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from yoco_jax.data.documents import (
+    JSONL_SUFFIXES,
+    TextDocuments,
+    TokenDocuments,
+    is_binary,
+    text_problem,
+)
 
 STDLIB = "stdlib"
 KINDS = ("auto", "text", "jsonl", "official", "arrayrecord")
 MANIFEST = "manifest.json"
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-_TEXT_FIELDS = ("text", "content", "raw_content_lines")
-_BINARY_SNIFF_BYTES = 8192
 
 
 def stdlib_corpus() -> list[str]:
-    """Sorted paths of the running interpreter's standard library `.py` files (no site-packages)."""
+    """Sorted paths of the running interpreter's standard library `.py` files that are UTF-8
+    text (no site-packages; a few encoding test fixtures are not)."""
+    return list(_stdlib_files())
+
+
+@functools.cache
+def _stdlib_files() -> tuple[str, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     skip = {"site-packages", "dist-packages", "__pycache__"}
     files = (p for p in root.rglob("*.py") if skip.isdisjoint(p.relative_to(root).parts))
-    return sorted(str(p) for p in files)
+    return tuple(sorted(str(p) for p in files if text_problem(p.read_bytes()) is None))
 
 
 @dataclass(frozen=True)
@@ -50,65 +64,6 @@ class Source:
     name: str
     weight: float
     documents: Any  # TextDocuments | TokenDocuments: __len__ and __getitem__
-
-
-class TextDocuments:
-    """Random access to the documents of text and JSONL files through a byte-offset index."""
-
-    def __init__(self, files: Sequence[str], formats: Sequence[str]):
-        self.files = list(files)
-        file_ids, starts, ends, lines = [], [], [], []
-        for file_id, (path, fmt) in enumerate(zip(self.files, formats)):
-            if fmt == "text":
-                size = os.path.getsize(path)
-                spans = [(0, size, 0)] if size else []
-            else:
-                spans = _jsonl_spans(Path(path).read_bytes())
-            for start, end, line in spans:
-                file_ids.append(file_id)
-                starts.append(start)
-                ends.append(end)
-                lines.append(line)
-        self._file_ids = np.asarray(file_ids, np.int32)
-        self._starts = np.asarray(starts, np.int64)
-        self._ends = np.asarray(ends, np.int64)
-        self._lines = np.asarray(lines, np.int64)  # for error messages (0 for text files)
-        self._is_jsonl = np.asarray([fmt == "jsonl" for fmt in formats], bool)
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    def __getitem__(self, index: int) -> str:
-        file_id = int(self._file_ids[index])
-        start, end = int(self._starts[index]), int(self._ends[index])
-        with open(self.files[file_id], "rb") as f:
-            f.seek(start)
-            raw = f.read(end - start)
-        if not self._is_jsonl[file_id]:
-            return raw.decode("utf-8", errors="replace")
-        where = f"{self.files[file_id]}:{int(self._lines[index]) + 1}"
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where}: not a JSON line ({error}).") from None
-        return _record_text(record, where)
-
-
-class TokenDocuments:
-    """Random access to pre-tokenized documents in ArrayRecord shards (one token array each)."""
-
-    def __init__(self, shards: Sequence[str], dtype: str):
-        from grain.sources import ArrayRecordDataSource  # grain is not needed at import
-
-        self.shards = list(shards)
-        self._records = ArrayRecordDataSource(self.shards)
-        self._dtype = np.dtype(dtype)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return np.frombuffer(self._records[index], dtype=self._dtype)
 
 
 def resolve_sources(path: str | Sequence[str], kind: str = "auto") -> list[Source]:
@@ -124,10 +79,13 @@ def resolve_sources(path: str | Sequence[str], kind: str = "auto") -> list[Sourc
     if kind == "arrayrecord" or (kind == "auto" and _is_arrayrecord_folder(paths)):
         return arrayrecord_sources(_single(paths, "an ArrayRecord folder"))
     files: list[str] = []
+    lenient: list[bool] = []  # files a folder walk or glob found: skipped (not refused) if bad
     for p in paths:
-        files.extend(find_files(p))
+        found = find_files(p)
+        files.extend(found)
+        lenient.extend([p == STDLIB or not Path(p).is_file()] * len(found))
     formats = [_file_format(f, kind) for f in files]
-    documents = TextDocuments(files, formats)
+    documents = TextDocuments(files, formats, lenient)
     if not len(documents):
         raise ValueError(f"empty corpus: the {len(files)} files of {path!r} hold no documents.")
     return [Source("data", 1.0, documents)]
@@ -152,7 +110,7 @@ def find_files(path: str) -> list[str]:
             "`python -m yoco_jax.data.prepare`, or 'stdlib'."
         )
     files = sorted(str(f) for f in p.rglob("*") if f.is_file() and _visible(f.relative_to(p)))
-    files = [f for f in files if f.endswith(JSONL_SUFFIXES) or not _is_binary(f)]
+    files = [f for f in files if f.endswith(JSONL_SUFFIXES) or not is_binary(f)]
     if not files:
         raise ValueError(f"empty corpus: folder {path!r} holds no text or JSONL files.")
     return files
@@ -174,18 +132,24 @@ def official_sources(root: str) -> list[Source]:
         if not isinstance(entry, dict) or "name" not in entry:
             raise ValueError(f"{listing}: entry {entry!r} has no 'name'.")
         name = entry["name"]
-        weight = float(entry.get("weight", entry.get("count", 0)))
-        if weight <= 0:
-            raise ValueError(f"{listing}: source {name!r} needs a positive 'weight' (or 'count').")
+        weight = entry.get("weight", entry.get("count"))
+        valid = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+        if not valid or not math.isfinite(weight) or weight <= 0:
+            raise ValueError(
+                f"{listing}: source {name!r} has weight {weight!r}; give it a positive number "
+                "as 'weight' (or 'count')."
+            )
         shards = entry.get("source") or _load_json(Path(root) / "json" / f"{name}.json")
+        if not isinstance(shards, list) or not all(isinstance(s, str) for s in shards):
+            raise ValueError(f"{listing}: source {name!r} must list its shards as path strings.")
         shards = [str(Path(root) / s) for s in shards]  # absolute shard paths stay absolute
         for shard in shards:
             if not Path(shard).is_file():
                 raise FileNotFoundError(f"source {name!r}: shard {shard!r} does not exist.")
-        documents = TextDocuments(shards, ["jsonl"] * len(shards))
+        documents = TextDocuments(shards, ["jsonl"] * len(shards), [False] * len(shards))
         if not len(documents):
             raise ValueError(f"empty corpus: source {name!r} of {root!r} has no documents.")
-        sources.append(Source(name, weight, documents))
+        sources.append(Source(name, float(weight), documents))
     return sources
 
 
@@ -226,25 +190,6 @@ def iter_texts(texts_or_files: str | Sequence[str | os.PathLike]) -> Iterator[st
                 yield source.documents[i]
 
 
-def _jsonl_spans(data: bytes) -> list[tuple[int, int, int]]:
-    """(start, end, line number) of each non-blank line."""
-    newlines = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n"))
-    starts = np.concatenate([[0], newlines + 1])
-    ends = np.concatenate([newlines, [len(data)]])
-    return [
-        (int(s), int(e), line) for line, (s, e) in enumerate(zip(starts, ends)) if data[s:e].strip()
-    ]
-
-
-def _record_text(record: Any, where: str) -> str:
-    if isinstance(record, dict):
-        for field in _TEXT_FIELDS:
-            if field in record:
-                value = record[field]
-                return "\n".join(value) if field == "raw_content_lines" else str(value)
-    raise ValueError(f"{where}: a JSONL document needs one of the fields {_TEXT_FIELDS}.")
-
-
 def _file_format(path: str, kind: str) -> str:
     if kind in ("text", "jsonl"):
         return kind
@@ -271,11 +216,6 @@ def _has_magic(path: str) -> bool:
 
 def _visible(relative: Path) -> bool:
     return not any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
-
-
-def _is_binary(path: str) -> bool:
-    with open(path, "rb") as f:
-        return b"\0" in f.read(_BINARY_SNIFF_BYTES)
 
 
 def _exists(item: str | os.PathLike) -> bool:

@@ -35,12 +35,20 @@ _PREFETCH_DOCUMENTS = 64
 
 
 def held_out(num_documents: int, eval_fraction: float) -> np.ndarray:
-    """[num_documents] bool: documents of the eval split, by a fixed hash of their index."""
+    """[num_documents] bool: documents of the eval split, by a fixed hash of their index.
+
+    When the fraction selects no document of a corpus of two or more, the document with the
+    lowest hash is held out, so small corpora still get a held-out loss (a single document is
+    never held out: it is the training data)."""
     x = np.arange(num_documents, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finalizer
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53 < eval_fraction
+    uniform = (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    mask = uniform < eval_fraction
+    if eval_fraction > 0 and num_documents > 1 and not mask.any():
+        mask[np.argmin(uniform)] = True
+    return mask
 
 
 def split_indices(num_documents: int, eval_fraction: float, split: str) -> np.ndarray:
@@ -126,8 +134,13 @@ def make_iterator(
     seed: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    sources: list[Source] | None = None,
 ) -> DataIterator:
-    """Batches of this process's share (`batch_size` rows); see the module docstring."""
+    """Batches of this process's share (`batch_size` rows); see the module docstring.
+
+    sources: `resolve_sources(config.path, config.kind)`, when the caller already has them
+    (they are read and checked once; iterators of several streams can share them). An eval
+    stream whose share of the held-out documents is empty ends at once."""
     import grain
 
     if not isinstance(config, DataConfig):
@@ -140,9 +153,16 @@ def make_iterator(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
     if split == "eval" and config.eval_fraction == 0:
-        raise ValueError("split='eval' needs held-out documents: set DataConfig.eval_fraction > 0.")
+        raise ValueError("split='eval' needs held-out documents: set data.eval_fraction > 0.")
 
-    sources = resolve_sources(config.path, config.kind)
+    if sources is None:
+        sources = resolve_sources(config.path, config.kind)
+    if split == "eval" and not eval_documents(sources, config.eval_fraction):
+        raise ValueError(
+            f"data.eval_fraction={config.eval_fraction} holds out no document of {config.path!r} "
+            "(a single document is never held out): use more documents, or "
+            "data.eval_fraction=0 for no held-out loss."
+        )
     _check_tokenizer(config, sources, tokenizer)
     tokenize = Tokenize(sources, tokenizer)
     read = grain.ReadOptions(
@@ -158,12 +178,12 @@ def make_iterator(
             for i in split_indices(len(sources[s].documents), config.eval_fraction, split)
         ]
         mine = pairs[process_index::process_count]
-        if not mine:
+        if not mine and split == "train":
             names = [sources[s].name for s in source_ids]
             raise ValueError(
-                f"no {split} documents for process {process_index} of {process_count} in "
-                f"source(s) {names} of {config.path!r} ({len(pairs)} in the split): "
-                "use more data or change eval_fraction."
+                f"no train documents for data stream {process_index} of {process_count} in "
+                f"source(s) {names} of {config.path!r} ({len(pairs)} in the split): use more "
+                "documents, fewer data streams (data_shards) or a smaller data.eval_fraction."
             )
         return mine
 
@@ -201,6 +221,11 @@ def make_iterator(
         shuffle_window=config.shuffle_window,
     )
     return DataIterator(iter(batches), signature)
+
+
+def eval_documents(sources: list[Source], eval_fraction: float) -> int:
+    """The number of held-out documents (all sources, all processes)."""
+    return sum(int(held_out(len(s.documents), eval_fraction).sum()) for s in sources)
 
 
 def _source_seed(seed: int, name: str) -> int:
