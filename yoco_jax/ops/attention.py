@@ -1,18 +1,22 @@
 """Softmax attention with explicit position masks (the XLA reference) and kernel dispatch.
 
 q `[B, Tq, Hq, D]`, k and v `[B, Tk, Hkv, D]`; query head h reads kv head h // (Hq // Hkv).
-`impl` is "xla" (this file) or "pallas" (yoco_jax.kernels); "auto" picks pallas on GPU/TPU.
+`impl` is "xla" (this file) or "pallas" (yoco_jax.kernels); "auto" asks ops/attention_choice.py.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Bool, Float, Int
+
+from yoco_jax.ops import attention_choice
+from yoco_jax.ops.chunked_attention import chunked_attention
 
 MAX_DECODE_QUERIES = 16
 _KERNEL_OPTIONS: dict = {}
@@ -44,20 +48,59 @@ def _use_kernel(impl: str, head_dim: int, kv_len: int) -> bool:
     return resolve_impl(impl) == "pallas" and fits
 
 
+def _mesh_axes_size(mesh, axes) -> int:
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[name] for name in names)
+
+
+def _where_divides(mesh, axes, size: int):
+    """`axes` if they split `size` evenly, else None (that dimension is then replicated)."""
+    return axes if axes is not None and size % _mesh_axes_size(mesh, axes) == 0 else None
+
+
 def _per_device(kernel, *args):
     """Runs a Pallas kernel on each device's shard under the context mesh (`jax.set_mesh`).
 
     A pallas_call cannot be partitioned by XLA, so it runs in `shard_map`: batch and heads split
     as the logical rules place `activation_batch` and `activation_heads` (data/fsdp and tensor
-    by default); args are [B, T, H, D] arrays and then an optional [B] lengths vector.
+    by default); args are q, k, v [B, T, H, D] and then an optional [B] lengths vector.
+
+    Every head count the parameter rules accept runs: query heads that do not divide the head
+    axes are not split (each device computes them all); kv heads that do not divide (2 kv heads
+    over tensor=4) arrive whole and each device gathers the ones its query heads read, repeated
+    so the local grouping is even. A batch that does not divide is replicated likewise.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return kernel(*args)
+    q, k = args[0], args[1]
     batch, heads = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
-    heads_spec = P(batch, None, heads, None)
-    specs = tuple(heads_spec if a.ndim == 4 else P(batch) for a in args)
-    return jax.shard_map(kernel, in_specs=specs, out_specs=heads_spec, check_vma=False)(*args)
+    batch = _where_divides(mesh, batch, q.shape[0])
+    heads = _where_divides(mesh, heads, q.shape[2])
+    kv_heads = _where_divides(mesh, heads, k.shape[2])
+    q_spec, kv_spec = P(batch, None, heads, None), P(batch, None, kv_heads, None)
+    specs = (q_spec, kv_spec, kv_spec) + (P(batch),) * (len(args) - 3)
+    if heads is not None and kv_heads is None:
+        kernel = _with_local_kv_heads(kernel, heads, _mesh_axes_size(mesh, heads), k.shape[2])
+    return jax.shard_map(kernel, in_specs=specs, out_specs=q_spec, check_vma=False)(*args)
+
+
+def _with_local_kv_heads(kernel, axes, n: int, hkv: int):
+    """Wraps `kernel` to take all `hkv` kv heads and keep the ones this device's query heads read.
+
+    Query heads split n ways read kv heads repeated r = n / gcd(hkv, n) times (hkv * r heads,
+    which n divides and which divide the query heads): device i keeps repeated heads
+    [i m, (i + 1) m), m = hkv r / n, that is original heads (i m + j) // r. Gradients flow back
+    through the gather and shard_map sums them over `axes`.
+    """
+    r = n // math.gcd(hkv, n)
+    m = hkv * r // n
+
+    def local(q, k, v, *rest):
+        index = (jax.lax.axis_index(axes) * m + jnp.arange(m)) // r
+        return kernel(q, jnp.take(k, index, axis=2), jnp.take(v, index, axis=2), *rest)
+
+    return local
 
 
 def masked_attention(
@@ -103,6 +146,9 @@ def causal_attention(
     impl: str = "xla",
 ) -> Float[Array, "B T Hq D"]:
     """Causal self/cross attention over a whole sequence (training, full forward)."""
+    impl = attention_choice.pick(impl, "causal", q, k.shape[1], window)
+    if impl == "cudnn":
+        return _per_device(attention_choice.cudnn_causal_attention, q, k, v)
     if _use_kernel(impl, q.shape[-1], k.shape[1]):
         from yoco_jax import kernels
 
@@ -121,20 +167,31 @@ def cache_attention(
     v_cache: Float[Array, "B S Hkv D"],
     lengths: Int[Array, " B"],
     *,
+    window: int | None = None,
     impl: str = "xla",
 ) -> Float[Array, "B Tq Hq D"]:
-    """Few queries, the last Tq positions of each sequence, against its first `lengths` entries.
+    """The last Tq positions of each sequence against its first `lengths` entries (`window`:
+    as in `causal_attention`).
 
-    The Pallas decode kernel serves up to `MAX_DECODE_QUERIES` queries; more use the XLA path.
+    Up to `MAX_DECODE_QUERIES` queries (decode) run the split-K Pallas decode kernel (no window)
+    or the masked XLA path; a prefill chunk runs the Pallas chunk kernel or the blocked XLA
+    path of ops/chunked_attention.py (memory independent of the cache length).
     """
-    if _use_kernel(impl, q.shape[-1], k_cache.shape[1]) and q.shape[1] <= MAX_DECODE_QUERIES:
+    decode = q.shape[1] <= MAX_DECODE_QUERIES
+    impl = attention_choice.pick(impl, "decode" if decode else "chunk", q, k_cache.shape[1], window)
+    if _use_kernel(impl, q.shape[-1], k_cache.shape[1]):
         from yoco_jax import kernels
 
         options = {k: v for k, v in _KERNEL_OPTIONS.items() if k in ("backend", "interpret")}
-        kernel = lambda *args: kernels.decode_attention(*args, **options)
+        if decode and window is None:
+            kernel = lambda *args: kernels.decode_attention(*args, **options)
+        else:
+            kernel = lambda *args: kernels.chunk_attention(*args, window=window, **options)
         return _per_device(kernel, q, k_cache, v_cache, lengths)
+    if not decode:
+        return chunked_attention(q, k_cache, v_cache, lengths, window=window)
     b, tq = q.shape[:2]
     q_pos = lengths[:, None] - tq + jnp.arange(tq)
     kv_pos = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (b, k_cache.shape[1]))
     kv_pos = jnp.where(kv_pos < lengths[:, None], kv_pos, -1)
-    return masked_attention(q, k_cache, v_cache, position_mask(q_pos, kv_pos))
+    return masked_attention(q, k_cache, v_cache, position_mask(q_pos, kv_pos, window))
