@@ -38,10 +38,13 @@ def attention_reference(q, k, v, *, causal=True, window=None, sm_scale=None):
     return _grouped_attention(q, k, v, mask, sm_scale)
 
 
-def decode_attention_reference(q, k_cache, v_cache, lengths, *, sm_scale=None):
-    """Same contract as `kernels.decode_attention`: sequence b has lengths[b] valid cache entries
-    and its Tq queries are its last Tq positions (causal among themselves)."""
+def decode_attention_reference(q, k_cache, v_cache, lengths, *, window=None, sm_scale=None):
+    """Same contract as `kernels.decode_attention` and `kernels.chunk_attention`: sequence b has
+    lengths[b] valid cache entries and its Tq queries are its last Tq positions (causal among
+    themselves); `window=w` also drops entries at or before the query's position - w."""
     q_pos = lengths[:, None, None] - q.shape[1] + jnp.arange(q.shape[1])[None, :, None]
     k_pos = jnp.arange(k_cache.shape[1])[None, None, :]
     mask = (k_pos <= q_pos) & (k_pos < lengths[:, None, None])
+    if window is not None:
+        mask &= k_pos > q_pos - window
     return _grouped_attention(q, k_cache, v_cache, mask[:, None, None], sm_scale)

@@ -11,12 +11,8 @@ from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import KVCache, WindowKV
 from yoco_jax.model.layers import Linear, project_qkv
 from yoco_jax.model.rotary import apply_rotary
-from yoco_jax.ops.attention import (
-    cache_attention,
-    causal_attention,
-    masked_attention,
-    position_mask,
-)
+from yoco_jax.ops.attention import cache_attention, causal_attention
+from yoco_jax.ops.chunked_attention import window_context
 
 
 def _dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
@@ -63,12 +59,10 @@ class SlidingWindowAttention(nn.Module):
         if cache is None or fresh:
             o = causal_attention(q, k, v, window=w, impl=cfg.attention_impl)
         else:
-            old_pos = _ring_positions(positions[:, 0] - 1, w)
-            new_pos = jnp.where(valid, positions, -1)
-            keys = jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1)
-            values = jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1)
-            mask = position_mask(positions, jnp.concatenate([old_pos, new_pos], axis=1), w)
-            o = masked_attention(q, keys, values, mask)
+            # Ring + chunk laid out in position order: the chunk-vs-cache path (padding keys
+            # sit after every real query, so causality hides them).
+            keys, values, lengths = window_context(cache.k, cache.v, k, v, positions[:, 0])
+            o = cache_attention(q, keys, values, lengths, window=w, impl=cfg.attention_impl)
         if cache is not None:
             start = positions[:, 0]
             slot_pos = _ring_positions(start + valid.sum(axis=1) - 1, w)
