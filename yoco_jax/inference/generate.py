@@ -24,6 +24,7 @@ from jaxtyping import Array, Bool, Float, Int
 from yoco_jax.config import ModelConfig
 from yoco_jax.inference.cache_io import cache_max_len, grow_cache
 from yoco_jax.inference.sampling import Sampling, row_keys, sample
+from yoco_jax.inference.tokenizer import check_tokenizer
 from yoco_jax.model import build_model, init_cache
 
 DEFAULT_PREFILL_CHUNK = 4096
@@ -133,6 +134,12 @@ def _check_prompts(model, prompts: Sequence[Sequence[int]]) -> None:
         model.check_tokens(np.asarray([p]))
 
 
+def check_positive(name: str, value) -> None:
+    """Raises unless `value` is a positive integer (a chunk, block or step count)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
 def prefill_tokens(
     model,
     tokens: np.ndarray,
@@ -147,6 +154,7 @@ def prefill_tokens(
     Without `cache`, a fresh one of `max_len` positions (default P) is made. P need not be a
     multiple of `chunk_size`: a shorter last chunk costs one more compilation.
     """
+    check_positive("chunk_size", chunk_size)
     cfg = model.config
     b, p = tokens.shape
     if cache is None:
@@ -186,6 +194,7 @@ def prefill(
     a fresh cache of `max_len` positions (default: the longest prompt's bucket). The prompt
     width is padded to a bucket, then to a multiple of the chunk, so chunks share one shape.
     """
+    check_positive("chunk_size", chunk_size)
     token_lists, _ = as_token_lists(prompts, tokenizer or getattr(model, "tokenizer", None))
     _check_prompts(model, token_lists)
     if cache is not None and len(token_lists) != cache.lengths.shape[0]:
@@ -255,6 +264,7 @@ def decode(
     `steps`) never recompiles; greedy (temperature 0) vs sampling is the one static switch.
     """
     steps = state.tokens.shape[1] if steps is None else steps
+    check_positive("steps", steps)
     return _decode_loop(
         model.config, sampling.greedy, model.params, state, stop_array(stop_ids), sampling,
         jnp.int32(steps),
@@ -279,24 +289,63 @@ def as_token_lists(prompts, tokenizer=None, add_bos: bool = False):
                 )
             out.append(tokenizer.encode(item, bos=add_bos))
         else:
-            out.append([int(t) for t in item])
+            out.append(_token_ids(item))
     return out, single
 
 
-def resolve_stop(stop, tokenizer) -> list[int]:
-    """Stop ids: the tokenizer's EOS (when known) plus `stop` (ids or single-token strings)."""
+def _token_ids(item) -> list[int]:
+    """One prompt's token ids; floats, bools, strings and nested lists are errors, not coerced."""
+    ints = isinstance(item, (list, tuple, np.ndarray)) and all(
+        isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in item
+    )
+    if not ints:
+        raise ValueError(
+            f"prompt {item!r:.80} must be a string or a flat list of integer token ids"
+        )
+    return [int(t) for t in item]
+
+
+def resolve_stop(stop, tokenizer) -> tuple[list[int], list[str]]:
+    """(stop ids, stop strings): the tokenizer's EOS (when known) plus `stop`'s ids; `stop`'s
+    strings (any number of tokens) are matched in the decoded text, so they need a tokenizer."""
     ids = [] if tokenizer is None else [tokenizer.eos_id]
+    texts = []
     for s in [] if stop is None else [stop] if isinstance(stop, (str, int)) else stop:
         if isinstance(s, str):
-            encoded = [] if tokenizer is None else tokenizer.encode(s)
-            if len(encoded) != 1:
+            if not s:
+                raise ValueError("a stop string is empty: give non-empty strings or token ids")
+            if tokenizer is None:
                 raise ValueError(
-                    f"stop string {s!r} must be exactly one token of the tokenizer "
-                    f"(it is {encoded}); give token ids instead"
+                    f"stop string {s!r} needs a tokenizer to match the text: pass tokenizer= "
+                    "or give token ids"
                 )
-            s = encoded[0]
-        ids.append(int(s))
-    return sorted(set(ids))
+            texts.append(s)
+        else:
+            ids.append(int(s))
+    return sorted(set(ids)), sorted(set(texts))
+
+
+def find_stop(text: str, stop_texts: Sequence[str]) -> int | None:
+    """Where the first stop string starts in `text` (None when none occurs)."""
+    hits = [i for i in (text.find(s) for s in stop_texts) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _rows_at_stop(out, n_out, done, stop_texts, tokenizer) -> np.ndarray:
+    """bool [B]: live rows whose text so far holds a stop string."""
+    return np.array([
+        not done[i] and find_stop(tokenizer.decode(out[i, : n_out[i]].tolist()), stop_texts)
+        is not None for i in range(len(done))
+    ])  # fmt: skip
+
+
+def _cut_at_stop(tokens: list[int], text: str, cut: int, tokenizer) -> tuple[list[int], str]:
+    """(the longest token prefix whose text lies before the stop string, text[:cut])."""
+    text = text[:cut]
+    n = len(tokens)
+    while n and not text.startswith(tokenizer.decode(tokens[:n])):
+        n -= 1
+    return tokens[:n], text
 
 
 def generate(
@@ -323,17 +372,30 @@ def generate(
     prompts: a string, a token list, or a list of either (strings need the model's tokenizer or
     `tokenizer`). Sampling: temperature 0 = greedy; top_k / top_p cut the distribution;
     `seed` makes it reproducible (prompt i always draws from the same stream). stop: token ids
-    or single-token strings, besides the tokenizer's EOS. `cache`: continue a prefilled cache
+    and/or strings, besides the tokenizer's EOS; a string (any number of tokens, e.g. "\\n\\n")
+    is matched in the text decoded every `block` tokens, and the completion ends before it
+    (text cut there; tokens: those wholly before it; on_tokens may have seen a few more).
+    `cache`: continue a prefilled cache
     (e.g. from load_cache; it is copied, not consumed), one prompt per row. `max_len`: the
     context (cache positions); default the bucket of the longest prompt + max_new_tokens.
     `on_tokens(new_tokens_per_row)` streams: the loop then runs in jitted blocks of `block`.
     Returns one Completion per prompt (a single one for a single prompt).
     """
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
+    if tokenizer is not None:  # before any work: a wrong one fails only when decoding
+        check_tokenizer(tokenizer, model.config.vocab_size)
+    check_positive("prefill_chunk", prefill_chunk)
+    check_positive("block", block)
     token_lists, single = as_token_lists(prompts, tokenizer, add_bos)
     _check_prompts(model, token_lists)
     sampling = Sampling.checked(temperature, top_k, top_p)
-    stop_ids = resolve_stop(stop, tokenizer)
+    stop_ids, stop_texts = resolve_stop(stop, tokenizer)
+    outside = [i for i in stop_ids if not 0 <= i < model.config.vocab_size]
+    if outside:
+        raise ValueError(
+            f"stop ids {outside} lie outside the vocabulary [0, {model.config.vocab_size}): "
+            "give ids the model can produce"
+        )
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
     n = len(token_lists)
@@ -367,15 +429,20 @@ def generate(
     budget = np.where(np.arange(rows) < n, max_new_tokens, 0)
     state = start_decode(logits, cache, budget, seed, buckets.seq_len(max_new_tokens))
 
-    if on_tokens is None:
+    if on_tokens is None and not stop_texts:
         state = decode(model, state, sampling=sampling, stop_ids=stop_ids)
-    else:
+    else:  # blocks of `block` tokens: stream them, and end rows whose text holds a stop string
         shown = np.zeros((n,), np.int64)
         while True:
             state = decode(model, state, steps=block, sampling=sampling, stop_ids=stop_ids)
             out, n_out, done = jax.device_get((state.tokens, state.n_out, state.done))
-            on_tokens([out[i, shown[i] : n_out[i]].tolist() for i in range(n)])
+            if on_tokens is not None:
+                on_tokens([out[i, shown[i] : n_out[i]].tolist() for i in range(n)])
             shown = n_out[:n].astype(np.int64)
+            if stop_texts:
+                hit = _rows_at_stop(out, n_out, done, stop_texts, tokenizer)
+                state = state._replace(done=state.done | hit) if hit.any() else state
+                done = done | hit
             if done.all():
                 break
 
@@ -386,5 +453,9 @@ def generate(
         stopped = bool(toks) and toks[-1] in stop_ids
         toks = toks[:-1] if stopped else toks
         text = None if tokenizer is None else tokenizer.decode(toks)
+        cut = find_stop(text, stop_texts) if stop_texts else None
+        if cut is not None:
+            toks, text = _cut_at_stop(toks, text, cut, tokenizer)
+            stopped = True
         completions.append(Completion(toks, text, "stop" if stopped else "length"))
     return completions[0] if single else completions

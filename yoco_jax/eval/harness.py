@@ -1,0 +1,142 @@
+"""Runs EleutherAI's lm-evaluation-harness on a yoco-jax model (the LM "yoco-jax").
+
+    python -m yoco_jax.eval.harness --checkpoint runs/demo --tasks hellaswag,lambada_openai
+    python -m yoco_jax.eval.harness --checkpoint ckpt --tasks my_task --include_path my_tasks/ \\
+        --num_fewshot 5 --limit 100 --batch_size 16 --output_path results/ --log_samples
+
+Needs the optional extra: pip install -e '.[eval]'. Runs on one process (see
+docs/evaluation.md for several hosts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from yoco_jax.errors import CheckpointError, ConfigError
+
+INSTALL_HINT = "pip install -e '.[eval]'"
+
+
+def import_lm_eval():
+    """The lm_eval package and our registered model class, or a clear error naming the fix."""
+    try:
+        import lm_eval
+
+        from yoco_jax.eval.lm_eval_model import YocoLM
+    except ImportError as e:
+        raise ImportError(
+            f"the harness needs lm-evaluation-harness ({e}): install it with {INSTALL_HINT}"
+        ) from e
+    return lm_eval, YocoLM
+
+
+def task_manager(tasks: list[str], include_path: str | None):
+    """A TaskManager that knows every name in `tasks`: the include_path alone when it holds
+    them all (indexing lm-eval's ~15K built-in tasks takes seconds), else everything."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None:
+        if not Path(include_path).is_dir():
+            raise FileNotFoundError(f"--include_path {include_path} is not a folder")
+        local = TaskManager(include_path=include_path, include_defaults=False)
+        if all(local.match_tasks([t]) for t in tasks):
+            return local
+    manager = TaskManager(include_path=include_path)
+    unknown = [t for t in tasks if not manager.match_tasks([t])]
+    if unknown:
+        where = f" nor in {include_path}" if include_path else ""
+        raise ValueError(
+            f"unknown task(s) {', '.join(unknown)}: not an lm-eval task{where}; list them with "
+            "`lm_eval ls tasks`, or pass --include_path DIR holding your task YAML"
+        )
+    return manager
+
+
+def check_limit(limit) -> None:
+    if limit is not None and limit <= 0:
+        raise ValueError(
+            f"--limit {limit} evaluates nothing: give a positive count or leave it out"
+        )
+
+
+def evaluate(lm, tasks: list[str], *, include_path=None, manager=None, num_fewshot=None,
+             limit=None, log_samples=False, seed=0) -> dict:  # fmt: skip
+    """lm_eval.simple_evaluate on an LM object (e.g. YocoLM) -> its results dict."""
+    lm_eval, _ = import_lm_eval()
+    check_limit(limit)
+    manager = manager or task_manager(tasks, include_path)
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
+        log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
+    )  # fmt: skip
+
+
+def write_results(results: dict, out: Path, log_samples: bool) -> list[Path]:
+    """<out>/results.json (+ <out>/samples_<task>.jsonl with --log_samples)."""
+    from lm_eval.utils import handle_non_serializable
+
+    out.mkdir(parents=True, exist_ok=True)
+    dump = lambda x: json.dumps(x, default=handle_non_serializable)
+    summary = {k: v for k, v in results.items() if k != "samples"}
+    written = [out / "results.json"]
+    written[0].write_text(json.dumps(summary, indent=1, default=handle_non_serializable) + "\n")
+    for task, samples in (results.get("samples") or {}).items() if log_samples else ():
+        path = out / f"samples_{task}.jsonl"
+        path.write_text("".join(dump(s) + "\n" for s in samples))
+        written.append(path)
+    return written
+
+
+def _limit(text: str) -> float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m yoco_jax.eval.harness", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--checkpoint", required=True, help="training output or official folder")
+    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    parser.add_argument("--include_path", help="a folder of extra task YAML files")
+    parser.add_argument("--num_fewshot", type=int)
+    parser.add_argument("--limit", type=_limit, help="examples per task (or a fraction < 1)")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--output_path", help="folder for results.json (and samples)")
+    parser.add_argument("--log_samples", action="store_true", help="also write every sample")
+    parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
+    parser.add_argument("--prefill_chunk", type=int, default=4096)
+    parser.add_argument("--max_gen_toks", type=int, default=256)
+    parser.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t.strip()]
+    try:
+        _, YocoLM = import_lm_eval()
+        check_limit(args.limit)
+        manager = task_manager(tasks, args.include_path)  # fails before the model loads
+        lm = YocoLM(
+            checkpoint=args.checkpoint, tokenizer=args.tokenizer, batch_size=args.batch_size,
+            prefill_chunk=args.prefill_chunk, max_gen_toks=args.max_gen_toks, seed=args.seed,
+            dtype=args.dtype,
+        )  # fmt: skip
+        results = evaluate(
+            lm, tasks, manager=manager, num_fewshot=args.num_fewshot,
+            limit=args.limit, log_samples=args.log_samples, seed=args.seed,
+        )  # fmt: skip
+    except (ImportError, CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    from lm_eval.utils import make_table
+
+    print(make_table(results))
+    if args.output_path:
+        for path in write_results(results, Path(args.output_path), args.log_samples):
+            print(f"wrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
