@@ -1,0 +1,299 @@
+"""The continuous-batching engine: S slots of one decode state, requests coming and going.
+
+A request waits in a bounded queue, takes a free slot, is prefilled there as a single row (one
+chunk per engine step, between decode blocks, so a long prompt never stalls the live rows for
+long), is inserted into the batched state, and decodes with the others in jitted blocks of
+`block` tokens. A row leaves at a stop token, a stop string or its budget (or when its client
+goes away), and the next waiting request takes its slot.
+
+The engine runs in its own thread (`start`); callers `submit` requests from any thread and
+receive events through each request's `on_event(kind, data)` callback, called on the engine
+thread: ("delta", text), then ("done", Result) or ("error", message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from yoco_jax.inference.generate import stop_array
+from yoco_jax.serve.metrics import Metrics
+from yoco_jax.serve.prefill import RowPrefill, ladder, prefill_plan
+from yoco_jax.serve.step import decode_block, init_slots, insert_row, request_key
+from yoco_jax.serve.text import TextStream
+
+log = logging.getLogger("yoco_jax.serve")
+
+
+class QueueFull(Exception):
+    """The waiting queue holds --queue-limit requests: try again later."""
+
+
+class Closed(Exception):
+    """The engine is draining or stopped and takes no new requests."""
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """One completion request. `prefix`: (one-row cache, last logits or None, its token count)
+    of a saved prompt cache to continue from."""
+
+    tokens: list[int]
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    prefix: tuple | None = None
+    on_event: Callable[[str, object], None] | None = None
+    cancelled: bool = False  # set by the client side (disconnect); the engine frees the slot
+    generated: list[int] = dataclasses.field(default_factory=list)
+    submitted_at: float = 0.0
+    first_token_at: float | None = None
+    text: TextStream | None = None
+
+    @property
+    def prefix_tokens(self) -> int:
+        return 0 if self.prefix is None else self.prefix[2]
+
+
+@dataclasses.dataclass
+class Result:
+    text: str
+    tokens: list[int]  # generated, without the stop token
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int  # the prompt plus the reused prefix
+    cached_tokens: int  # of which came from a prompt cache file
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens)
+
+
+class Engine:
+    def __init__(self, model, tokenizer, *, slots: int = 8, max_len: int = 2048,
+                 queue_limit: int = 64, prefill_chunk: int = 512, block: int = 4):  # fmt: skip
+        for name, value in [("slots", slots), ("max_len", max_len), ("queue_limit", queue_limit),
+                            ("prefill_chunk", prefill_chunk), ("block", block)]:  # fmt: skip
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        self.model, self.tokenizer = model, tokenizer
+        self.slots, self.max_len, self.queue_limit = slots, max_len, queue_limit
+        self.prefill_chunk, self.block = prefill_chunk, block
+        self.rungs = ladder(max_len)
+        stop = [] if tokenizer is None else [tokenizer.eos_id]
+        self.stop_ids, self._stop_set = stop_array(stop), set(stop)
+        self.state = init_slots(model.config, slots, max_len)
+        self.metrics = Metrics(slots)
+        self._cv = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._free = list(range(slots))[::-1]
+        self._live: dict[int, Request] = {}
+        self._pending = None  # (slot, request, RowPrefill) being prefilled
+        self._accepting, self._stopping, self._thread = True, False, None
+
+    # --- called from any thread ---------------------------------------------------------
+
+    def compile_plan(self) -> dict[str, int]:
+        """The most compilations fresh prompts can cause, per jitted function."""
+        return {"prefill": prefill_plan(self.rungs, self.prefill_chunk),
+                "insert": len(self.rungs), "decode": 1}  # fmt: skip
+
+    def check(self, req: Request) -> None:
+        """A ValueError naming the problem when `req` cannot be served."""
+        if not req.tokens and (req.prefix is None or req.prefix[1] is None):
+            raise ValueError("the prompt is empty: give at least one token")
+        need = req.prefix_tokens + len(req.tokens) + req.max_tokens
+        if need > self.max_len:
+            raise ValueError(
+                f"prompt ({req.prefix_tokens + len(req.tokens)} tokens) + max_tokens "
+                f"({req.max_tokens}) = {need} exceeds the server's --max-len {self.max_len}: "
+                "shorten the prompt or ask for fewer tokens"
+            )
+
+    def submit(self, req: Request) -> None:
+        """Queues `req`; QueueFull when the queue is full, Closed when draining."""
+        self.check(req)
+        with self._cv:
+            if not self._accepting:
+                raise Closed("the server is shutting down")
+            if len(self._waiting) >= self.queue_limit:
+                self.metrics.finished("rejected")
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting")
+            req.submitted_at = time.monotonic()
+            self._waiting.append(req)
+            self._cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        """Frees `req`'s queue place or slot at the next engine step (no-op when finished)."""
+        with self._cv:
+            req.cancelled = True
+            self._cv.notify()
+
+    def load(self) -> tuple[int, int]:
+        """(waiting requests, occupied slots)."""
+        with self._cv:
+            return len(self._waiting), len(self._live) + (self._pending is not None)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="yoco-serve-engine", daemon=True)
+        self._thread.start()
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stops taking requests; finishes the queued and live ones (or cancels them), then
+        stops the thread."""
+        with self._cv:
+            self._accepting = False
+            if not drain:
+                for req in [*self._waiting, *self._live.values()]:
+                    req.cancelled = True
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # --- the engine thread ----------------------------------------------------------------
+
+    def _busy(self) -> bool:
+        return bool(self._waiting or self._live or self._pending)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._busy() and not self._stopping:
+                    self._cv.wait()
+                if not self._busy():
+                    return
+            self.step()
+
+    def run_until_idle(self) -> None:
+        """Steps on the calling thread until nothing is queued or live (no thread needed)."""
+        while self._busy():
+            self.step()
+
+    def step(self) -> None:
+        """One round: drop cancelled requests, prefill (about one chunk), one decode block.
+        Any error fails the requests involved, never the engine."""
+        try:
+            self._reap_cancelled()
+            self._admit()
+            if self._live:
+                self._decode()
+        except Exception as e:  # a decode failure: its rows are lost, the engine goes on
+            log.exception("decode block failed")
+            for slot, req in list(self._live.items()):
+                self._release(slot)
+                self._fail(req, f"the engine failed while decoding: {e}")
+            self.state = init_slots(self.model.config, self.slots, self.max_len)
+
+    def _release(self, slot: int) -> None:
+        self._live.pop(slot, None)
+        with self._cv:
+            self._free.append(slot)
+
+    def _reap_cancelled(self) -> None:
+        with self._cv:
+            gone = [r for r in self._waiting if r.cancelled]
+            self._waiting = deque(r for r in self._waiting if not r.cancelled)
+        if self._pending is not None and self._pending[1].cancelled:
+            gone.append(self._pending[1])
+            self._release(self._pending[0])
+            self._pending = None
+        for slot, req in list(self._live.items()):
+            if req.cancelled:
+                gone.append(req)
+                self._release(slot)
+        for _ in gone:
+            self.metrics.finished("cancelled")
+
+    def _admit(self) -> None:
+        """Prefill work of about one chunk (unlimited while no row decodes)."""
+        budget = self.prefill_chunk
+        while budget > 0 or not self._live:
+            if self._pending is None:
+                with self._cv:
+                    if not self._free or not self._waiting:
+                        return
+                    req, slot = self._waiting.popleft(), self._free.pop()
+                self._pending = (slot, req, None)
+            slot, req, row = self._pending
+            try:
+                if row is None:
+                    row = RowPrefill(self.model, req.tokens, self.rungs, self.prefill_chunk,
+                                     req.prefix)  # fmt: skip
+                    self._pending = (slot, req, row)
+                if not row.done:
+                    budget -= row.step()
+                if row.done:
+                    self._insert(slot, req, row)
+                    self._pending = None
+            except Exception as e:
+                log.exception("prefill failed")
+                self._pending = None
+                self._release(slot)
+                self._fail(req, f"prefill failed: {e}")
+
+    def _insert(self, slot: int, req: Request, row: RowPrefill) -> None:
+        self.state = insert_row(
+            self.state, row.cache, row.last, np.int32(slot), np.int32(req.max_tokens),
+            np.float32(req.temperature), np.int32(req.top_k), np.float32(req.top_p),
+            request_key(req.seed),
+        )  # fmt: skip
+        req.text = TextStream(self.tokenizer, req.stop)
+        self._live[slot] = req
+
+    def _decode(self) -> None:
+        active = np.zeros((self.slots,), bool)
+        active[list(self._live)] = True
+        cfg, params = self.model.config, self.model.params
+        self.state, out = decode_block(cfg, params, self.state, active, self.stop_ids,
+                                       steps=self.block)  # fmt: skip
+        out = np.asarray(jax.device_get(out))
+        now = time.monotonic()
+        for slot, req in list(self._live.items()):
+            self._advance(slot, req, [int(t) for t in out[slot] if t >= 0], now)
+
+    def _advance(self, slot: int, req: Request, new: list[int], now: float) -> None:
+        """Takes a row's new tokens; releases text; evicts the row when it is finished."""
+        if not new:
+            return
+        if req.first_token_at is None:
+            req.first_token_at = now
+            self.metrics.first_token(now - req.submitted_at, req.prefix_tokens + len(req.tokens))
+        self.metrics.tokens(len(new), now)
+        finish = None
+        if new[-1] in self._stop_set:
+            new, finish = new[:-1], "stop"
+        req.generated += new
+        if finish is None and len(req.generated) >= req.max_tokens:
+            finish = "length"
+        if self.tokenizer is not None:
+            delta, hit = req.text.update(req.generated, final=finish is not None)
+            finish = "stop" if hit else finish
+            if delta:
+                self._emit(req, "delta", delta)
+        if finish is not None:
+            self._release(slot)
+            text = "" if self.tokenizer is None else req.text.shown
+            prompt = req.prefix_tokens + len(req.tokens)
+            self._emit(req, "done", Result(text, req.generated, finish, prompt, req.prefix_tokens))
+            self.metrics.finished(finish, now - req.submitted_at)
+
+    def _emit(self, req: Request, kind: str, data) -> None:
+        try:
+            if req.on_event is not None:
+                req.on_event(kind, data)
+        except Exception:  # the client is gone (closed loop): free its slot, nothing else
+            req.cancelled = True
+
+    def _fail(self, req: Request, message: str) -> None:
+        self._emit(req, "error", message)
+        self.metrics.finished("error")
