@@ -10,7 +10,9 @@ With per-head log gates a_t = log(gamma_t) <= 0 and keys scaled by d_k ** -0.5:
   chunk.
 - `recurrent_retention`: one token at a time (decode).
 
-Decay sums and states are float32 whatever the input dtype. Shapes: q, k `[B, T, H, Dk]`,
+Decay sums, states and the key scale are float32 whatever the input dtype (q k^T is a product
+of the inputs accumulated in float32, scaled after), so the three forms compute the same
+function in bfloat16 too. Shapes: q, k `[B, T, H, Dk]`,
 v `[B, T, H, Dv]`, log_gate `[B, T, H]`, state `[B, H, Dk, Dv]`.
 """
 
@@ -42,9 +44,8 @@ def parallel_retention(
     log_gate: Float[Array, "B T H"],
 ) -> Float[Array, "B T H Dv"]:
     """Reference O(T^2) form: out = ((q k^T) * D) v with D_ij = prod_{i>=s>j} gamma_s."""
-    k = k * k.shape[-1] ** -0.5
     decay = _decay_matrix(jnp.cumsum(log_gate.astype(f32), axis=1))
-    scores = _dot("bihd,bjhd->bhij", q, k) * decay
+    scores = _dot("bihd,bjhd->bhij", q, k) * (k.shape[-1] ** -0.5 * decay)
     return _dot("bhij,bjhd->bihd", scores, v).astype(v.dtype)
 
 
@@ -56,14 +57,15 @@ def _chunk(
     log_gate: Float[Array, "B C H"],
 ):
     """One chunk: inner-chunk parallel form plus the contribution of the carried state."""
+    scale = k.shape[-1] ** -0.5  # applied in float32: a bfloat16 k * scale would round
     cum = jnp.cumsum(log_gate.astype(f32), axis=1)  # [B, C, H]
     total = cum[:, -1]  # [B, H]: log decay across the whole chunk
-    inner = _dot("bihd,bjhd->bhij", q, k) * _decay_matrix(cum)
+    inner = _dot("bihd,bjhd->bhij", q, k) * (scale * _decay_matrix(cum))
     out = _dot("bhij,bjhd->bihd", inner, v)
     out += _dot("bihk,bhkv->bihv", q.astype(f32) * jnp.exp(cum)[..., None], state)
     to_end = jnp.exp(total[:, None] - cum)[..., None]  # decay from each position to chunk end
     new_state = jnp.exp(total)[..., None, None] * state + _dot(
-        "bjhk,bjhv->bhkv", k.astype(f32), v.astype(f32) * to_end
+        "bjhk,bjhv->bhkv", k.astype(f32) * scale, v.astype(f32) * to_end
     )
     return new_state, out
 
@@ -83,7 +85,6 @@ def chunkwise_retention(
     """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
-    k = k * dk**-0.5
     if state is None:
         state = jnp.zeros((b, h, dk, dv), f32)
     c = min(chunk_size, t)
