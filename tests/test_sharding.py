@@ -17,9 +17,10 @@ OPT = TrainConfig(learning_rate=1e-2, warmup_steps=1, steps=4, schedule="cosine"
 
 
 def test_mesh_shape_fills_the_free_axis():
-    assert sharding.mesh_shape({"data": -1}, 8) == (8, 1, 1)
-    assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 2)
-    assert sharding.mesh_shape({"data": 1, "fsdp": 1, "tensor": 1}, 1) == (1, 1, 1)
+    assert sharding.mesh_shape({"data": -1}, 8) == (8, 1, 1, 1)
+    assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 1, 2)
+    assert sharding.mesh_shape({"data": 1, "fsdp": 1, "tensor": 1}, 1) == (1, 1, 1, 1)
+    assert sharding.mesh_shape({"context": -1, "tensor": 2}, 8) == (1, 1, 4, 2)
 
 
 @pytest.mark.parametrize(

@@ -245,7 +245,7 @@ def test_config_overrides_and_errors(tmp_path):
     )
     assert (config.steps, config.seed, config.model) == (7, 3, "yoco-demo")
     assert config.model_overrides == {"dim": 32} and config.data.path == "somewhere"
-    assert config.mesh == {"data": -1, "fsdp": 2, "tensor": 1}
+    assert config.mesh == {"data": -1, "fsdp": 2, "context": 1, "tensor": 1}
     assert load_train_config(None, ["mesh={fsdp: -1}"]).mesh == {"fsdp": -1}
     yaml_path = tmp_path / "run.yaml"
     yaml_path.write_text("steps: 3\ndata: {eval_fraction: 0.5}\nmodel_overrides: {n_layers: 2}\n")

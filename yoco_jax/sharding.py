@@ -3,6 +3,8 @@
 Mesh axes:
   data    pure data parallelism: the batch is split, parameters are replicated.
   fsdp    the batch is split and parameters (their `embed` dimension) are sharded too (ZeRO-3).
+  context the sequence (activations' length axis) is split; parameters are replicated over it.
+          Mixers that look across positions run per slice (yoco_jax.ops.context_parallel).
   tensor  Megatron-style tensor parallelism over heads, MLP and vocabulary.
 
 Parameters and activations carry logical names (see `yoco_jax.model`); `LOGICAL_RULES` turns them
@@ -21,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -35,9 +37,10 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
     ("layers", None),
     # Activations: the batch is split over every data-parallel axis; the residual stream is
-    # replicated over `tensor` (each tensor shard needs the whole of it).
+    # replicated over `tensor` (each tensor shard needs the whole of it); the length is split
+    # over `context`.
     ("activation_batch", BATCH_AXES),
-    ("activation_length", None),
+    ("activation_length", "context"),
     ("activation_embed", None),
     ("activation_heads", "tensor"),
     ("activation_kv_heads", "tensor"),
@@ -46,8 +49,9 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def mesh_shape(axes: Mapping[str, int], device_count: int) -> tuple[int, int, int]:
-    """Resolves `{data: -1, fsdp: 2, tensor: 1}` (-1 = the remaining devices) to a full shape."""
+def mesh_shape(axes: Mapping[str, int], device_count: int) -> tuple[int, ...]:
+    """Resolves `{data: -1, fsdp: 2, tensor: 1}` (-1 = the remaining devices) to a full shape,
+    one size per axis of MESH_AXES (absent axes are 1)."""
     unknown = set(axes) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid axes are {list(MESH_AXES)}")
@@ -75,7 +79,7 @@ def mesh_shape(axes: Mapping[str, int], device_count: int) -> tuple[int, int, in
 
 
 def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh over `devices` (default: all devices of all processes) with axes (data, fsdp, tensor).
+    """A mesh over `devices` (default: all devices of all processes) with axes MESH_AXES.
 
     Axis types are Auto: the compiler propagates shardings from the ones we pin (parameters,
     batches, `with_logical_constraint` on activations).

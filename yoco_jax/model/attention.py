@@ -11,6 +11,7 @@ from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import KVCache, WindowKV
 from yoco_jax.model.layers import Linear, project_qkv
 from yoco_jax.model.rotary import apply_rotary
+from yoco_jax.ops import context_parallel
 from yoco_jax.ops.attention import cache_attention, causal_attention
 from yoco_jax.ops.chunked_attention import window_context
 
@@ -56,7 +57,9 @@ class SlidingWindowAttention(nn.Module):
         q, k, v = project_qkv(cfg, x, positions, h, h, d)
 
         new_cache = None
-        if cache is None or fresh:
+        if cache is None and context_parallel.context_size() > 1:  # sequence split over devices
+            o = context_parallel.window_attention(q, k, v, positions, w)
+        elif cache is None or fresh:
             o = causal_attention(q, k, v, window=w, impl=cfg.attention_impl)
         else:
             # Ring + chunk laid out in position order: the chunk-vs-cache path (padding keys
@@ -89,15 +92,20 @@ class CrossAttention(nn.Module):
         k: Float[Array, "B S Hkv D"],
         v: Float[Array, "B S Hkv D"],
         lengths: Int[Array, " B"] | None = None,
+        kv_positions: Int[Array, "B S"] | None = None,
     ) -> tuple[Float[Array, "B T D"], None]:
-        """Without `lengths`, T == S (training); with it, x holds each sequence's last T tokens."""
+        """Without `lengths`, T == S (training); with it, x holds each sequence's last T tokens.
+        `kv_positions` (from `context_parallel.gather_kv`): x is split over the context axis and
+        k, v are whole."""
         cfg = self.config
         b, t, dim = x.shape
         q = _dense(cfg, dim, ("embed", "heads"), "q_proj")(x)
         q = apply_rotary(
             q.reshape(b, t, cfg.n_attn_heads, cfg.attn_head_dim), positions, cfg.rope_theta
         )
-        if lengths is None:
+        if kv_positions is not None:
+            o = context_parallel.cross_attention(q, positions, k, v, kv_positions)
+        elif lengths is None:
             o = causal_attention(q, k, v, impl=cfg.attention_impl)
         else:
             o = cache_attention(q, k, v, lengths, impl=cfg.attention_impl)

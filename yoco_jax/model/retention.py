@@ -9,6 +9,7 @@ from jaxtyping import Array, Bool, Float, Int
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import RetentionState
 from yoco_jax.model.layers import Linear, RMSNorm, project_qkv, xavier_uniform
+from yoco_jax.ops import context_parallel
 from yoco_jax.ops.retention import chunkwise_retention, recurrent_retention
 
 GATE_LOGIT_NORMALIZER = 16  # gamma = sigmoid(x W)^(1/16)
@@ -43,7 +44,9 @@ class GatedRetention(nn.Module):
             k = jnp.where(valid[..., None, None], k, 0)
             log_gate = jnp.where(valid[..., None], log_gate, 0.0)
 
-        if cache is None:
+        if cache is None and context_parallel.context_size() > 1:  # sequence split over devices
+            o, new_cache = context_parallel.retention(q, k, v, log_gate, cfg.chunk_size), None
+        elif cache is None:
             o, _ = chunkwise_retention(q, k, v, log_gate, cfg.chunk_size)
             new_cache = None
         elif t == 1:

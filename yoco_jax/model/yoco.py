@@ -12,6 +12,7 @@ from yoco_jax.model.cache import YOCOCache
 from yoco_jax.model.layers import Linear, RMSNorm
 from yoco_jax.model.lm import LanguageModel, default_positions, last_tokens, new_token_layout
 from yoco_jax.model.rotary import apply_rotary
+from yoco_jax.ops import context_parallel
 
 
 class SelfDecoder(nn.Module):
@@ -55,9 +56,9 @@ class CrossDecoder(nn.Module):
         k = apply_rotary(self.k_proj(h).reshape(shape), positions, cfg.rope_theta)
         return k, self.v_proj(h).reshape(shape)
 
-    def __call__(self, x, positions, k, v, lengths=None):
+    def __call__(self, x, positions, k, v, lengths=None, kv_positions=None):
         for layer in self.layers:
-            x, _ = layer(x, positions, False, (k, v, lengths))
+            x, _ = layer(x, positions, False, (k, v, lengths, kv_positions))
         return x
 
 
@@ -82,6 +83,9 @@ class YOCO(LanguageModel):
         x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
         x, _ = self.self_decoder(x, positions)
         k, v = self.cross_decoder.project_kv(x, positions)
+        if context_parallel.context_size() > 1:  # one gather of the global K/V for all layers
+            k, v, kv_pos = context_parallel.gather_kv(k, v, positions)
+            return self.layer_norm(self.cross_decoder(x, positions, k, v, None, kv_pos))
         return self.layer_norm(self.cross_decoder(x, positions, k, v))
 
     def extend(

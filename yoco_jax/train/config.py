@@ -3,7 +3,8 @@
 Keys are the dataclass fields. Three prefixes reach into nested settings:
   model.<key>=value  overrides a field of the model config named by `model` (e.g. model.dim=128)
   data.<key>=value   overrides a field of the DataConfig (e.g. data.path=corpus/)
-  mesh.<axis>=size   sets one mesh axis (e.g. mesh.data=2 mesh.fsdp=-1); mesh={...} sets all
+  mesh.<axis>=size   sets one mesh axis (e.g. mesh.data=2 mesh.fsdp=-1 mesh.context=4);
+                     mesh={...} sets all
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class TrainConfig:
     clip_norm: float = 2.0  # global gradient norm; 0 = no clipping
     loss_chunk: int = 1024  # positions per cross-entropy chunk (bounds float32 logits memory)
     # Parallelism: mesh axis sizes, -1 = the remaining devices.
-    mesh: dict = dataclasses.field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    mesh: dict = dataclasses.field(
+        default_factory=lambda: {"data": -1, "fsdp": 1, "context": 1, "tensor": 1}
+    )
     # Checkpoints, evaluation, logging.
     checkpoint_every: int = 500  # steps; a final checkpoint is always written
     keep_checkpoints: int = 3

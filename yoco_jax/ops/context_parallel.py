@@ -1,0 +1,167 @@
+"""Context parallelism: the sequence split over the `context` mesh axis, one slice per device.
+
+Each op is a `shard_map` that is manual over `context` only; the other mesh axes (data, fsdp,
+tensor) stay automatic, so batch and head sharding pass through unchanged. Slice i holds global
+positions [i * T/n, (i + 1) * T/n). Shapes below are global; `n` is the axis size.
+
+- `retention`: each slice runs the chunkwise form from a zero state; the slices' final states
+  and total log decays (small: [B, H, Dk, Dv] each) are all-gathered, an exclusive scan gives
+  each slice its incoming state, and q_t * decay(start..t) * S_in is added to its outputs.
+- `window_attention`: each slice receives the previous slices' last `window - 1` keys and
+  values (a halo by `ppermute`), so windows that cross a slice boundary are exact.
+- `gather_kv` + `cross_attention`: the cross-decoder's ONE global K/V is all-gathered once per
+  step and every cross layer attends its local queries to it (causal by global position).
+
+All of it is differentiable jax, so the backward passes are exact (all_gather transposes to a
+reduce-scatter, ppermute to the reverse ppermute).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+from jaxtyping import Array, Float, Int
+
+from yoco_jax.ops.attention import masked_attention, position_mask
+from yoco_jax.ops.retention import chunkwise_retention
+
+AXIS = "context"
+f32 = jnp.float32
+SPLIT = P(None, AXIS)  # [B, T, ...] split along T; other dims left to the automatic axes
+WHOLE = P()
+
+
+def context_size() -> int:
+    """Size of the `context` axis of the mesh being traced under (1: none, or already manual)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or AXIS not in mesh.axis_names:
+        return 1
+    if mesh._name_to_type[AXIS] == jax.sharding.AxisType.Manual:
+        return 1
+    return mesh.shape[AXIS]
+
+
+def check_length(t: int, n: int | None = None) -> None:
+    """Refuses a sequence that does not split into equal slices over the context axis."""
+    n = context_size() if n is None else n
+    if t % n:
+        raise ValueError(
+            f"sequence length {t} does not divide over the context axis of size {n}; "
+            f"use a length that is a multiple of {n} (pad the batch) or a smaller mesh.context"
+        )
+
+
+def _shard(fn, in_specs, out_specs):
+    return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs, axis_names={AXIS})
+
+
+def _incoming_state(state, total):
+    """Exclusive scan over the axis: S_in(i) = sum_{j<i} exp(sum_{j<m<i} total_m) S_j.
+
+    state [B, H, Dk, Dv] f32 and total [B, H] f32 (log decay of the whole slice), per slice.
+    """
+    i = jax.lax.axis_index(AXIS)
+    states = jax.lax.all_gather(state, AXIS)  # [n, B, H, Dk, Dv]
+    totals = jax.lax.all_gather(total, AXIS)  # [n, B, H]
+    cum = jnp.cumsum(totals, axis=0)  # inclusive
+    before_i = cum[i] - totals[i]  # sum of totals of slices < i
+    j = jnp.arange(states.shape[0])[:, None, None]
+    # exp of -inf for j >= i: zero weight, finite gradients.
+    weights = jnp.exp(jnp.where(j < i, before_i[None] - cum, -jnp.inf))
+    return jnp.einsum("nbh,nbhkv->bhkv", weights, states)
+
+
+def retention(
+    q: Float[Array, "B T H Dk"],
+    k: Float[Array, "B T H Dk"],
+    v: Float[Array, "B T H Dv"],
+    log_gate: Float[Array, "B T H"],
+    chunk_size: int,
+) -> Float[Array, "B T H Dv"]:
+    """Gated retention of whole sequences split over the context axis (zero initial state)."""
+    check_length(q.shape[1])
+
+    def local(q, k, v, log_gate):
+        b, _, h, dk = q.shape
+        # A zero state typed as varying over the axis, as the scan carry must be.
+        zero = jax.lax.pcast(jnp.zeros((b, h, dk, v.shape[-1]), f32), AXIS, to="varying")
+        out, state = chunkwise_retention(q, k, v, log_gate, chunk_size, zero)
+        cum = jnp.cumsum(log_gate.astype(f32), axis=1)  # [B, T/n, H] decay from slice start
+        incoming = _incoming_state(state, cum[:, -1])
+        qd = q.astype(f32) * jnp.exp(cum)[..., None]
+        out = out.astype(f32) + jnp.einsum("bthk,bhkv->bthv", qd, incoming)
+        return out.astype(v.dtype)
+
+    return _shard(local, (SPLIT,) * 4, SPLIT)(q, k, v, log_gate)
+
+
+def _halo(x, hops: int):
+    """The previous `hops` slices of x along T, oldest first: [B, hops * T/n, ...] (zeros
+    where there is no such slice)."""
+    n = jax.lax.axis_size(AXIS)
+    parts = []
+    for hop in range(hops, 0, -1):
+        perm = [(src, src + hop) for src in range(n - hop)]
+        parts.append(jax.lax.ppermute(x, AXIS, perm))
+    return jnp.concatenate(parts, axis=1)
+
+
+def window_attention(
+    q: Float[Array, "B T H D"],
+    k: Float[Array, "B T H D"],
+    v: Float[Array, "B T H D"],
+    positions: Int[Array, "B T"],
+    window: int,
+) -> Float[Array, "B T H D"]:
+    """Sliding-window causal attention (keys at positions (p - window, p]) over slices."""
+    t, n = q.shape[1], context_size()
+    check_length(t, n)
+    local_len = t // n
+    hops = min(n - 1, -(-(window - 1) // local_len))  # slices a window can reach back into
+
+    def local(q, k, v, pos):
+        if hops == 0:
+            return masked_attention(q, k, v, position_mask(pos, pos, window))
+        keep = min(window - 1, hops * local_len)  # halo entries that can be in a window
+        halo = lambda x: _halo(x, hops)[:, -keep:]
+        # Positions travel as pos + 1 so that a missing slice (zeros) arrives as -1: empty.
+        kv_pos = jnp.concatenate([halo(pos + 1) - 1, pos], axis=1)
+        keys = jnp.concatenate([halo(k), k], axis=1)
+        values = jnp.concatenate([halo(v), v], axis=1)
+        return masked_attention(q, keys, values, position_mask(pos, kv_pos, window))
+
+    return _shard(local, (SPLIT,) * 4, SPLIT)(q, k, v, positions)
+
+
+def gather_kv(
+    k: Float[Array, "B T H D"], v: Float[Array, "B T H D"], positions: Int[Array, "B T"]
+) -> tuple[Array, Array, Array]:
+    """The global K/V (and their positions) gathered whole onto every slice, once per step."""
+    check_length(k.shape[1])
+
+    def local(k, v, pos):
+        # Invariant over the axis (every slice holds the same whole K/V): its transpose takes
+        # each slice's part of the cotangent, which the consumers have already summed.
+        gather = lambda x: jax.lax.all_gather(x, AXIS, axis=1, tiled=True, to="invarying")
+        return gather(k), gather(v), gather(pos)
+
+    return _shard(local, (SPLIT,) * 3, (WHOLE,) * 3)(k, v, positions)
+
+
+def cross_attention(
+    q: Float[Array, "B T Hq D"],
+    positions: Int[Array, "B T"],
+    k: Float[Array, "B S Hkv D"],
+    v: Float[Array, "B S Hkv D"],
+    kv_positions: Int[Array, "B S"],
+) -> Float[Array, "B T Hq D"]:
+    """Local queries (split over the axis) against the gathered K/V (from `gather_kv`)."""
+    check_length(q.shape[1])
+
+    def local(q, pos, k, v, kv_pos):
+        return masked_attention(q, k, v, position_mask(pos, kv_pos))
+
+    return _shard(local, (SPLIT, SPLIT, WHOLE, WHOLE, WHOLE), SPLIT)(
+        q, positions, k, v, kv_positions
+    )
