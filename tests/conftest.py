@@ -8,6 +8,8 @@ import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# CLIs called in-process must not turn on the persistent compilation cache in ~/.cache.
+os.environ.setdefault("YOCO_COMPILE_CACHE", "0")
 
 import jax  # noqa: E402
 

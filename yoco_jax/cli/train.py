@@ -13,7 +13,7 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 import argparse
 import os
 
-from yoco_jax import distributed
+from yoco_jax import compile_cache, distributed
 
 
 def main(argv=None):
@@ -25,8 +25,10 @@ def main(argv=None):
     parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
+    compile_cache.add_flag(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
+    compile_cache.enable(args.no_compile_cache)
 
     from yoco_jax.config import ConfigError
     from yoco_jax.train.config import load_train_config

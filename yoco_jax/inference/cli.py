@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 
+from yoco_jax import compile_cache
 from yoco_jax.config import ConfigError
 from yoco_jax.export import CheckpointError
 from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, generate
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to text prompts")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
+    compile_cache.add_flag(p)
     return p
 
 
@@ -153,6 +155,7 @@ def run(args, out=None, err=None) -> None:
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    compile_cache.enable(args.no_compile_cache)
     try:
         run(args)
     except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
