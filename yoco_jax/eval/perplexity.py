@@ -1,0 +1,163 @@
+"""Long-context perplexity by position (the paper's Fig. 5): the cumulative average negative
+log-likelihood of tokens 1..P, for P = 1K, 2K, 4K ... N, over documents of N tokens.
+
+Every token is scored exactly with chunked prefill (`yoco_jax.eval.scoring`): activations stay
+O(chunk) whatever N; the cache grows with N (YOCO: one K/V for the whole cross-decoder).
+
+    python -m yoco_jax.eval.perplexity --checkpoint runs/yoco --data books/ --max-length 65536
+    python -m yoco_jax.eval.perplexity --checkpoint runs/yoco --compare runs/transformer \\
+        --data corpus.jsonl --max-length 8192 --concat --out results/ppl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from yoco_jax.errors import CheckpointError, ConfigError
+from yoco_jax.eval.scoring import score_rows
+
+
+def sequences(texts: Iterable[str], tokenizer, max_length: int, *, concat: bool = False,
+              max_docs: int | None = None) -> list[list[int]]:  # fmt: skip
+    """Rows of EOS + `max_length` tokens: the start of every document that long, or (`concat`)
+    consecutive pieces of all documents joined by EOS. At most `max_docs` rows."""
+    if max_length < 1:
+        raise ValueError(f"--max-length {max_length} must be a positive number of tokens")
+    eos, rows, stream, longest = tokenizer.eos_id, [], [], 0
+    for text in texts:
+        tokens = tokenizer.encode(text)
+        longest = max(longest, len(tokens))
+        if concat:
+            stream += tokens + [eos]
+            while len(stream) >= max_length:
+                rows.append([eos] + stream[:max_length])
+                stream = stream[max_length:]
+        elif len(tokens) >= max_length:
+            rows.append([eos] + tokens[:max_length])
+        if max_docs is not None and len(rows) >= max_docs:
+            return rows[:max_docs]
+    if not rows:
+        fix = "lower --max-length" + ("" if concat else " or pass --concat to join documents")
+        raise ValueError(
+            f"no document holds --max-length {max_length} tokens (the longest has {longest}"
+            f"{', all together fewer' if concat else ''}): {fix}"
+        )
+    return rows
+
+
+def positions(max_length: int, first: int = 1024) -> list[int]:
+    """first, 2 first, 4 first ... below max_length, then max_length."""
+    if first < 1:
+        raise ValueError(f"--first {first} must be a positive position")
+    points, p = [], first
+    while p < max_length:
+        points.append(p)
+        p *= 2
+    return points + [max_length]
+
+
+def nll_by_position(model, rows: Sequence[Sequence[int]], points: Sequence[int], *,
+                    batch_size: int = 1, chunk_size: int = 4096) -> list[float]:  # fmt: skip
+    """Mean over rows of the average NLL (nats) of tokens 1..P of each row, for each P."""
+    scored = score_rows(model, rows, batch_size=batch_size, chunk_size=chunk_size)
+    nll = -np.stack([logp for logp, _ in scored]).astype(np.float64)  # [rows, N]
+    cumulative = np.cumsum(nll, axis=1) / np.arange(1, nll.shape[1] + 1)
+    return [float(cumulative[:, p - 1].mean()) for p in points]
+
+
+def plot(curves: dict[str, dict], path) -> Path:
+    """Cumulative average NLL against position (log2 axis), one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ax.plot(curve["positions"], curve["nll"], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("position (tokens)")
+    ax.set_ylabel("cumulative average NLL (nats)")
+    ax.set_title("perplexity by position")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _label(path: str, model) -> str:
+    return f"{Path(path).name} ({model.config.arch})"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m yoco_jax.eval.perplexity", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--checkpoint", required=True, help="training output or official folder")
+    parser.add_argument("--compare", help="a second checkpoint (e.g. the Transformer)")
+    parser.add_argument("--data", nargs="+", required=True, help="text/JSONL files or folders")
+    parser.add_argument("--max-length", type=int, required=True, help="N: tokens per document")
+    parser.add_argument("--concat", action="store_true", help="join documents into N-token rows")
+    parser.add_argument("--max-docs", type=int, default=16, help="rows scored at most")
+    parser.add_argument("--first", type=int, default=1024, help="the first reported position")
+    parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--prefill-chunk", type=int, default=4096)
+    parser.add_argument("--out", default="perplexity", help="writes <out>.json and <out>.png")
+    args = parser.parse_args(argv)
+
+    from yoco_jax.api import load_pretrained
+    from yoco_jax.data.corpus import iter_texts
+    from yoco_jax.inference.tokenizer import find_tokenizer
+
+    try:
+        # The data first: a bad --max-length fails before any model loads.
+        tokenizer = find_tokenizer(args.checkpoint, None, args.tokenizer)
+        if tokenizer is None:
+            raise CheckpointError(
+                f"{args.checkpoint} carries no tokenizer (no tokenizer.model): pass --tokenizer"
+            )
+        rows = sequences(iter_texts(args.data), tokenizer, args.max_length, concat=args.concat,
+                         max_docs=args.max_docs)  # fmt: skip
+        models = {path: load_pretrained(path) for path in [args.checkpoint, args.compare] if path}
+        for path, model in models.items():
+            if model.config.vocab_size != tokenizer.vocab_size:
+                raise CheckpointError(
+                    f"{path} has a vocabulary of {model.config.vocab_size}, the tokenizer "
+                    f"{tokenizer.vocab_size}: compare models trained with the same tokenizer"
+                )
+        points = positions(args.max_length, args.first)
+        curves = {
+            _label(path, model): {
+                "checkpoint": path,
+                "arch": model.config.arch,
+                "positions": points,
+                "nll": nll_by_position(
+                    model, rows, points, batch_size=args.batch_size, chunk_size=args.prefill_chunk
+                ),
+            }  # fmt: skip
+            for path, model in models.items()
+        }
+    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    results = {"max_length": args.max_length, "documents": len(rows), "curves": curves}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(curves, out.with_suffix(".png"))
+    for name, curve in curves.items():
+        cells = ", ".join(f"{p}: {v:.3f}" for p, v in zip(curve["positions"], curve["nll"]))
+        print(f"{name}: {cells}")
+    print(f"{len(rows)} document(s) of {args.max_length} tokens; wrote {out}.json and {out}.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()
