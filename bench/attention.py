@@ -9,9 +9,11 @@ materialize a too large score matrix. The first size of each part also checks th
 the XLA reference (relative max error of out, and of dq/dk/dv), so one run proves correctness on
 the device too.
 
-    python bench/attention.py                 # GPU: whole run < 5 min
+    python bench/attention.py                 # GPU only: whole run < 5 min
     python bench/attention.py --smoke         # CPU: tiny sizes, Pallas in interpret mode
-Writes a markdown table to --out (default docs/benchmarks-attention.md) and a PNG beside it.
+A full run writes a markdown table to --out (default docs/benchmarks-attention.md, the committed
+GPU results) and a PNG beside it; it refuses to run without a GPU. A smoke run prints its table
+and writes only to an --out given explicitly.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ SMOKE = {
 }
 XLA_SCORE_BYTES_LIMIT = 8 << 30  # the reference materializes float32 [heads, Tq, Tk] scores
 TIME_BUDGET_S = 270.0
+DEFAULT_OUT = "docs/benchmarks-attention.md"  # committed GPU results: full runs only
 
 
 def _run_timed(fn, args, target_s=0.3, max_repeats=50):
@@ -270,7 +273,7 @@ def plot(path, training, decode, copy_gbs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, interpret mode)")
-    parser.add_argument("--out", default="docs/benchmarks-attention.md")
+    parser.add_argument("--out", default=None, help=f"default: {DEFAULT_OUT} (full runs only)")
     parser.add_argument(
         "--budget-s",
         type=float,
@@ -278,6 +281,14 @@ def main(argv=None):
         help="start no new case after this many seconds",
     )
     args = parser.parse_args(argv)
+    if not args.smoke and jax.default_backend() != "gpu":
+        parser.exit(
+            2,
+            f"{parser.prog}: error: no GPU found (JAX backend {jax.default_backend()!r}); this "
+            "benchmark measures GPU kernels: run it on a GPU, or --smoke for a tiny CPU check "
+            f"({DEFAULT_OUT} is left as it is)\n",
+        )
+    out = args.out or (None if args.smoke else DEFAULT_OUT)
     cfg = SMOKE if args.smoke else FULL
     deadline = time.perf_counter() + args.budget_s
     device = jax.devices()[0]
@@ -292,7 +303,10 @@ def main(argv=None):
     training = bench_training(cfg, deadline)
     table = to_markdown(header, copy, training, decode, cfg)
     print(table)
-    out = Path(args.out)
+    if out is None:
+        print("smoke run: nothing written (pass --out to keep the table)")
+        return
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     plot(out.with_suffix(".png"), training, decode, copy["gbs"])

@@ -1,5 +1,6 @@
 """One-call GPU check: environment, Pallas kernels and the model against the XLA path on the
 real device (not interpret mode). Prints one line per check; never stops at the first failure.
+GPU only: without a GPU it says so and exits 2 (the checks would prove nothing on CPU).
 
     PYTHONPATH=. python bench/gpu_check.py
 """
@@ -13,6 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+if jax.default_backend() != "gpu":
+    print(
+        f"gpu_check.py: no GPU found (JAX backend {jax.default_backend()!r}, devices "
+        f"{jax.devices()}), nothing checked: run it on a GPU machine with jax[cuda12] installed",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 RESULTS = []
 
 

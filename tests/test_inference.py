@@ -256,9 +256,14 @@ def test_errors(tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An official-layout folder of a tiny random model sized for the demo tokenizer."""
-    folder = tmp_path_factory.mktemp("ckpt")
-    yoco_jax.init(yoco_jax.get_config("yoco-tiny", vocab_size=2048)).save_official(folder)
+    """An exported folder (official layout + tokenizer.model) of a tiny random model with the
+    demo tokenizer."""
+    from yoco_jax.data import demo_tokenizer
+
+    folder = tmp_path_factory.mktemp("ckpt") / "export"
+    model = yoco_jax.init(yoco_jax.get_config("yoco-tiny", vocab_size=2048))
+    model.tokenizer = demo_tokenizer()
+    model.save_official(folder)
     return folder
 
 
@@ -291,9 +296,10 @@ def test_infer_jsonl_batch(checkpoint, capsys, tmp_path):
     model = yoco_jax.load_pretrained(checkpoint)
     tok = demo_tokenizer()
     expected = generate(model, ["import os", [5, 6, 7, 8, 9]], 5, tokenizer=tok)
-    assert [r["tokens"] for r in results] == [e.tokens for e in expected]
-    assert [r["text"] for r in results] == [tok.decode(e.tokens) for e in expected]
+    assert [r["completion_tokens"] for r in results] == [e.tokens for e in expected]
+    assert [r["completion"] for r in results] == [tok.decode(e.tokens) for e in expected]
     assert results[0]["id"] == "a" and results[1]["finish_reason"] == "length"
+    assert results[1]["tokens"] == [5, 6, 7, 8, 9]  # the prompt is kept, not overwritten
 
 
 @pytest.mark.parametrize(

@@ -74,7 +74,9 @@ def test_too_short_context_is_a_clear_error(haystack, count):
 def test_command_on_a_tiny_random_model(tmp_path, capsys):
     # One shape bucket for both lengths (256), so it compiles once; vocab = the demo tokenizer.
     config = yoco_jax.get_config("yoco-tiny", vocab_size=2048)
-    yoco_jax.init(config).save_official(tmp_path / "ckpt")
+    model = yoco_jax.init(config)
+    model.tokenizer = demo_tokenizer()  # an export carries its tokenizer
+    model.save_official(tmp_path / "ckpt")
     out = tmp_path / "results" / "needle"
     needle.main([
         "--checkpoint", str(tmp_path / "ckpt"), "--lengths", "150,200", "--depths", "2",

@@ -12,8 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig, get_config, replace_checked
-from yoco_jax.errors import CheckpointError
+from yoco_jax.errors import CheckpointError, ConfigError
 from yoco_jax.model import build_model
+
+# Config fields a loaded model may change: how it computes, not which parameters it has.
+RUNTIME_OVERRIDES = ("dtype", "attention_impl", "remat", "chunk_size")
 
 
 @dataclasses.dataclass
@@ -68,14 +71,17 @@ class Model:
 
         return decode(self, state, **kwargs)
 
-    def save_official(self, path, dtype: str = "float32") -> Path:
-        """Writes the official PyTorch layout (params.json + model.safetensors)."""
+    def save_official(self, path, dtype: str = "float32", overwrite: bool = False) -> Path:
+        """Writes the official PyTorch layout (params.json + model.safetensors) and the
+        tokenizer (tokenizer.model) when the model has one, into a new or empty folder
+        (`overwrite=True` replaces an earlier export there)."""
         from yoco_jax.export import write_official
 
-        return write_official(path, self.config, self.params, dtype)
+        return write_official(path, self.config, self.params, dtype, self.tokenizer, overwrite)
 
     def replace(self, **overrides) -> Model:
-        """The same weights under a config with `overrides` (e.g. dtype, attention_impl)."""
+        """The same weights under a config with runtime `overrides` (RUNTIME_OVERRIDES)."""
+        check_runtime_overrides(overrides)
         return Model(replace_checked(self.config, **overrides), self.params, self.tokenizer)
 
 
@@ -93,27 +99,66 @@ def init(config: ModelConfig | str, seed: int = 0) -> Model:
     return Model(config, nn.unbox(variables["params"]))
 
 
+def check_runtime_overrides(overrides: dict) -> None:
+    """Raises for an override of a saved model's field that shapes its parameters."""
+    fixed = sorted(set(overrides) - set(RUNTIME_OVERRIDES))
+    if fixed:
+        raise ConfigError(
+            f"cannot override {', '.join(fixed)} of a saved model: it fixes the parameters' shapes "
+            f"or values; only {', '.join(RUNTIME_OVERRIDES)} may change (for another shape, "
+            "build a new model with yoco_jax.init)"
+        )
+
+
 def load_pretrained(path: str | os.PathLike, **overrides) -> Model:
-    """Loads an official-layout folder (params.json + model.safetensors / *.pth) or a training
-    output folder of this project (its latest checkpoint), with its tokenizer when known."""
+    """Loads a training output folder of this project (its latest checkpoint) or an
+    official-layout folder (params.json + model.safetensors / *.pth), with the folder's
+    tokenizer.model when it has one (never a guessed one). A run folder's checkpoints win over
+    a params.json beside them. `overrides`: runtime fields only (RUNTIME_OVERRIDES).
+    Reads only: nothing is created in `path`."""
     from yoco_jax.inference.tokenizer import find_tokenizer
 
+    check_runtime_overrides(overrides)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
-    if (path / "params.json").exists():
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file: give the folder of a training run or of an exported model"
+        )
+    if _has_checkpoints(path):
+        config, params = _load_run(path)
+        config = replace_checked(config, **overrides)
+    elif (path / "params.json").exists():
         from yoco_jax.export import read_official
 
         config, params = read_official(path, **overrides)
     else:
-        from yoco_jax.train.checkpoint import load_params
-
-        try:
-            config, params = load_params(path)
-        except FileNotFoundError as e:
-            raise CheckpointError(
-                f"{path} is neither an official-layout folder (no params.json) nor a training "
-                f"output folder with a checkpoint ({e})"
-            ) from e
-        config = replace_checked(config, **overrides)
+        raise CheckpointError(
+            f"{path} is neither an official-layout folder (no params.json) nor a training "
+            "output folder (no checkpoints/ with a saved step)"
+        )
     return Model(config, params, find_tokenizer(path, config.vocab_size))
+
+
+def _has_checkpoints(path: Path) -> bool:
+    from yoco_jax.train.checkpoint import CHECKPOINT_DIR
+
+    folder = path / CHECKPOINT_DIR
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _load_run(path: Path):
+    """(config, params) of a run folder's latest checkpoint, or a one-line CheckpointError."""
+    from yoco_jax.train.checkpoint import load_params
+
+    try:
+        return load_params(str(path))
+    except CheckpointError:
+        raise
+    except Exception as e:  # orbax raises KeyError, ValueError, OSError... for damaged steps
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"the checkpoint in {path} cannot be read ({type(e).__name__}: {detail}); "
+            "check the folder, or load an earlier step"
+        ) from e

@@ -2,16 +2,20 @@
 
 Parameter names are the official `state_dict` keys: our linen path with `layers_N` written
 `layers.N` and the leaf renamed `weight` (Linear kernels transposed to torch's `[out, in]`).
-An official PyTorch state_dict (`*.pth`) is read when torch is installed.
+An official PyTorch state_dict (`*.pth`) is read when torch is installed. An export also carries
+the model's sentencepiece `tokenizer.model`, so the folder is complete for inference.
 
-    python -m yoco_jax.export <training output or official folder> <out folder> [--dtype bfloat16]
+    python -m yoco_jax.export <training output or official folder> <new folder> [--dtype bfloat16]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import stat
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -85,8 +89,29 @@ def official_params_json(config: ModelConfig) -> dict:
     return data
 
 
-def write_official(folder, config: ModelConfig, params, dtype: str = "float32") -> Path:
-    """Writes `params.json` and `model.safetensors` (float32 or bfloat16) into `folder`."""
+def check_export_target(folder, overwrite: bool = False) -> None:
+    """Raises unless `folder` can take an export: new or empty (or `overwrite`), and never a
+    training run folder (its checkpoints and the export would be two models in one place)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"export target {folder} is a file: give a folder")
+    if (folder / "checkpoints").exists():  # train.checkpoint.CHECKPOINT_DIR
+        raise ValueError(
+            f"{folder} is a training run folder (it has checkpoints/): export into another folder"
+        )
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise ValueError(
+            f"export target {folder} is not empty: give a new folder, or --force (overwrite=True) "
+            "to replace the params.json, model.safetensors and tokenizer.model there"
+        )
+
+
+def write_official(
+    folder, config: ModelConfig, params, dtype: str = "float32", tokenizer=None,
+    overwrite: bool = False,
+) -> Path:  # fmt: skip
+    """Writes `params.json`, `model.safetensors` (float32 or bfloat16) and, when given, the
+    tokenizer as `tokenizer.model` into `folder` (see check_export_target)."""
     from safetensors.numpy import save_file
 
     if config.arch != "yoco":
@@ -94,11 +119,20 @@ def write_official(folder, config: ModelConfig, params, dtype: str = "float32") 
     if dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"export dtype={dtype!r}: choose float32 or bfloat16")
     folder = Path(folder)
+    check_export_target(folder, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     np_dtype = np.dtype("float32") if dtype == "float32" else jax.numpy.bfloat16
     state = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in to_state_dict(params).items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "params.json").write_text(json.dumps(official_params_json(config), indent=2) + "\n")
+    params_json = folder / "params.json"
+    params_json.write_text(json.dumps(official_params_json(config), indent=2) + "\n")
+    weights = folder / "model.safetensors"
+    save_file(state, str(weights))
+    os.chmod(weights, stat.S_IMODE(params_json.stat().st_mode))  # safetensors writes 0600
+    tokenizer_file = folder / "tokenizer.model"
+    if tokenizer is not None:
+        tokenizer_file.write_bytes(tokenizer._proto)  # the exact model bytes, even if unsaved
+    elif tokenizer_file.exists():  # a replaced export's tokenizer must not pair with new weights
+        tokenizer_file.unlink()
     return folder
 
 
@@ -155,16 +189,36 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m yoco_jax.export", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("source", help="a training output folder or an official-layout folder")
-    parser.add_argument("out", help="folder to write params.json and model.safetensors into")
+    parser.add_argument("out", help="a new folder for params.json, model.safetensors, tokenizer")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
     args = parser.parse_args(argv)
     from yoco_jax.api import load_pretrained
+    from yoco_jax.inference.tokenizer import find_tokenizer
 
-    model = load_pretrained(args.source)
-    model.save_official(args.out, dtype=args.dtype)
-    print(f"wrote {args.out}/params.json and model.safetensors ({args.dtype})")
+    try:
+        check_export_target(args.out, args.force)  # before the (slow) load
+        model = load_pretrained(args.source)
+        if args.tokenizer:
+            model.tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
+        model.save_official(args.out, dtype=args.dtype, overwrite=args.force)
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, CheckpointError included
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except OSError as e:  # the machine failed: permissions, disk full
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
+    files = "params.json, model.safetensors" + (", tokenizer.model" if model.tokenizer else "")
+    print(f"wrote {args.out}: {files} ({args.dtype})")
+    if model.tokenizer is None:
+        print(
+            f"note: {args.source} has no tokenizer.model, so the export carries none; pass "
+            "--tokenizer PATH to include one (infer.py will need --tokenizer for text prompts)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

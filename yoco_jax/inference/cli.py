@@ -4,15 +4,20 @@
     python infer.py --checkpoint runs/demo --prompt-file question.txt --temperature 0.8 --top-p 0.9
     python infer.py --checkpoint runs/demo --input-jsonl prompts.jsonl --output-jsonl out.jsonl
 
-JSONL input: one object per line with "prompt" (text) or "tokens" (ids); other keys are copied
-to the output line, which adds "text", "tokens" (generated) and "finish_reason".
+JSONL input: one object per line with "prompt" (non-empty text) or "tokens" (a list of integer
+ids); other keys are copied to the output line, which adds "completion" (the generated text;
+null without a tokenizer), "completion_tokens" (the generated ids) and "finish_reason".
 A single prompt streams its text to stdout; speed and peak memory go to stderr.
+The tokenizer is --tokenizer, else the checkpoint folder's tokenizer.model; without one, only
+token prompts run. Exit codes: 2 for bad arguments or input files (a one-line error), 1 when
+the machine fails (out of memory, a file that cannot be written).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -22,10 +27,31 @@ from pathlib import Path
 import jax
 
 from yoco_jax import compile_cache
-from yoco_jax.config import ConfigError
-from yoco_jax.export import CheckpointError
-from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, generate
-from yoco_jax.inference.tokenizer import find_tokenizer
+from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, Buckets, generate
+from yoco_jax.inference.tokenizer import find_tokenizer, no_tokenizer_message
+
+OUTPUT_KEYS = ("completion", "completion_tokens", "finish_reason")
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _int(text)
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{value} is not a 64-bit integer")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,15 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--input-jsonl", help="a JSONL file of prompts (a batch)")
     p.add_argument("--output-jsonl", help="where JSONL results go (default stdout)")
     p.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stop", action="append", default=None, help="stop token id or one-token text")
-    p.add_argument("--max-len", type=int, default=None, help="context (cache) length")
-    p.add_argument("--batch-size", type=int, default=8, help="JSONL prompts per batch")
-    p.add_argument("--prefill-chunk", type=int, default=DEFAULT_PREFILL_CHUNK)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--stop", action="append", default=None, help="stop token id or text")
+    p.add_argument("--max-len", type=_positive_int, default=None, help="context (cache) length")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="JSONL prompts per batch")
+    p.add_argument("--prefill-chunk", type=_positive_int, default=DEFAULT_PREFILL_CHUNK)
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to text prompts")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
@@ -58,24 +84,98 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_jsonl(path) -> list[dict]:
     items = []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n} is not valid JSON: {e}") from None
-            if not isinstance(item, dict) or ("prompt" in item) == ("tokens" in item):
-                raise ValueError(f'{path}:{n} needs exactly one of "prompt" (text) or "tokens"')
-            items.append(item)
+            if line.strip():
+                items.append(_jsonl_item(line, f"{path}:{n}"))
     if not items:
         raise ValueError(f"{path} holds no prompts")
     return items
 
 
+def _jsonl_item(line: str, where: str) -> dict:
+    """One checked input line: exactly one of a non-empty "prompt" string or "tokens" int list."""
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON: {e}") from None
+    if not isinstance(item, dict) or ("prompt" in item) == ("tokens" in item):
+        raise ValueError(f'{where} needs exactly one of "prompt" (text) or "tokens" (ids)')
+    prompt, tokens = item.get("prompt"), item.get("tokens")
+    if "prompt" in item and (not isinstance(prompt, str) or not prompt):
+        raise ValueError(f'{where}: "prompt" must be non-empty text, got {prompt!r:.60}')
+    ids = isinstance(tokens, list) and all(type(t) is int for t in tokens)  # no bool/float
+    if "tokens" in item and (not ids or not tokens):
+        raise ValueError(
+            f'{where}: "tokens" must be a non-empty flat list of integer ids, got {tokens!r:.60}'
+        )
+    taken = [k for k in OUTPUT_KEYS if k in item]
+    if taken:
+        raise ValueError(f"{where}: the key {taken[0]!r} is where results go: rename it")
+    return item
+
+
+def _check_paths(args) -> None:
+    """Argument files, checked before the (slow) model load."""
+    for flag, path in (("--prompt-file", args.prompt_file), ("--input-jsonl", args.input_jsonl)):
+        if path is not None and not Path(path).is_file():
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise FileNotFoundError(f"{flag} {path} {what}: give a text file")
+    if args.output_jsonl is not None:
+        out = Path(args.output_jsonl)
+        if out.is_dir():
+            raise ValueError(f"--output-jsonl {out} is a folder: give a file name")
+        if not out.parent.is_dir():
+            raise FileNotFoundError(f"--output-jsonl: folder {out.parent} does not exist")
+
+
+def _read_prompts(args) -> list[dict]:
+    if args.input_jsonl:
+        return _read_jsonl(args.input_jsonl)
+    if args.prompt is not None:
+        return [_jsonl_item(json.dumps({"prompt": args.prompt}), "--prompt")]
+    try:
+        text = Path(args.prompt_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompt-file {args.prompt_file} is not UTF-8 text ({e})") from None
+    return [_jsonl_item(json.dumps({"prompt": text}), f"--prompt-file {args.prompt_file}")]
+
+
 def _stop(values):
     return None if values is None else [int(v) if v.lstrip("-").isdigit() else v for v in values]
+
+
+def _available_bytes() -> int:
+    """Free memory of the device generation runs on (the host's for CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_memory(model, token_lists, args) -> None:
+    """Refuses up front a batch whose cache cannot fit (generate would allocate it)."""
+    from yoco_jax.model.cache import cache_bytes
+
+    buckets = Buckets()  # what generate uses
+    rows = buckets.batch_size(min(args.batch_size, len(token_lists)))
+    longest = max(map(len, token_lists))
+    positions = args.max_len or buckets.seq_len(longest + args.max_new_tokens)
+    need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids
+    free = _available_bytes()
+    if need > free:
+        raise ValueError(
+            f"{rows} rows of {positions} positions (prompt + --max-new-tokens "
+            f"{args.max_new_tokens}) need a {need / 2**30:.1f} GiB cache, more than the "
+            f"{free / 2**30:.1f} GiB free: lower --max-new-tokens, --max-len or --batch-size"
+        )
 
 
 def _peak_memory() -> str:
@@ -104,33 +204,30 @@ def run(args, out=None, err=None) -> None:
     from yoco_jax.api import load_pretrained
 
     out, err = out or sys.stdout, err or sys.stderr
-
+    _check_paths(args)
+    items = _read_prompts(args)
     overrides = {"dtype": args.dtype} if args.dtype else {}
     model = load_pretrained(args.checkpoint, **overrides)
-    tokenizer = find_tokenizer(args.checkpoint, model.config.vocab_size, args.tokenizer)
-    if args.input_jsonl:
-        items = _read_jsonl(args.input_jsonl)
-    else:
-        text = args.prompt if args.prompt is not None else Path(args.prompt_file).read_text()
-        items = [{"prompt": text}]
-    for item in items:
-        if "prompt" in item and tokenizer is None:
-            raise ValueError(
-                f"no tokenizer found for {args.checkpoint} (vocab {model.config.vocab_size}): "
-                "pass --tokenizer PATH, or give token ids in JSONL"
-            )
-        if "prompt" in item and not item["prompt"]:
-            raise ValueError("the prompt is empty: give some text")
+    tokenizer = model.tokenizer
+    if args.tokenizer:
+        tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
+    if tokenizer is None and any("prompt" in item for item in items):
+        raise ValueError(no_tokenizer_message(args.checkpoint))
+    token_lists = [
+        tokenizer.encode(item["prompt"], bos=args.add_bos) if "prompt" in item else item["tokens"]
+        for item in items
+    ]
+    _check_memory(model, token_lists, args)
     kwargs = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, stop=_stop(args.stop), seed=args.seed, max_len=args.max_len,
-        tokenizer=tokenizer, add_bos=args.add_bos, prefill_chunk=args.prefill_chunk,
+        tokenizer=tokenizer, prefill_chunk=args.prefill_chunk,
     )  # fmt: skip
 
     start, generated = time.perf_counter(), 0
     if not args.input_jsonl:
         stream = None if args.no_stream else _TextStream(tokenizer, out)
-        done = generate(model, [items[0]["prompt"]], on_tokens=stream, **kwargs)[0]
+        done = generate(model, token_lists, on_tokens=stream, **kwargs)[0]
         if stream is None or stream.shown != done.text:
             out.write(done.text[len(stream.shown) :] if stream else done.text)
         out.write("\n")
@@ -138,11 +235,11 @@ def run(args, out=None, err=None) -> None:
     else:
         with open(args.output_jsonl, "w") if args.output_jsonl else nullcontext(out) as sink:
             for first in range(0, len(items), args.batch_size):
-                batch = items[first : first + args.batch_size]
-                prompts = [item.get("prompt", item.get("tokens")) for item in batch]
-                for item, done in zip(batch, generate(model, prompts, **kwargs)):
-                    result = {**item, "text": done.text, "tokens": done.tokens}
-                    sink.write(json.dumps({**result, "finish_reason": done.finish_reason}) + "\n")
+                batch = slice(first, first + args.batch_size)
+                results = generate(model, token_lists[batch], **kwargs)
+                for item, done in zip(items[batch], results):
+                    result = dict(zip(OUTPUT_KEYS, (done.text, done.tokens, done.finish_reason)))
+                    sink.write(json.dumps({**item, **result}) + "\n")
                     generated += len(done.tokens)
                 sink.flush()
     seconds = time.perf_counter() - start
@@ -158,8 +255,16 @@ def main(argv=None) -> None:
     compile_cache.enable(args.no_compile_cache)
     try:
         run(args)
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"infer.py: error: {e}\n")
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        parser.exit(2, f"infer.py: error: {e}\n")  # ConfigError and CheckpointError included
+    except (OSError, MemoryError) as e:  # permissions, disk full, host out of memory
+        parser.exit(1, f"infer.py: error: {type(e).__name__}: {e}\n")
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        first = str(e).strip().splitlines()[0][:200]
+        parser.exit(1, f"infer.py: error: out of memory ({first}): lower --batch-size, "
+                    "--max-len, --max-new-tokens or --prefill-chunk\n")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.inference.cache_io import cache_max_len, grow_cache
-from yoco_jax.inference.sampling import Sampling, row_keys, sample
+from yoco_jax.inference.sampling import Sampling, check_seed, row_keys, sample
 from yoco_jax.inference.tokenizer import check_tokenizer
 from yoco_jax.model import build_model, init_cache
 
@@ -386,6 +386,7 @@ def generate(
         check_tokenizer(tokenizer, model.config.vocab_size)
     check_positive("prefill_chunk", prefill_chunk)
     check_positive("block", block)
+    check_seed(seed)
     token_lists, single = as_token_lists(prompts, tokenizer, add_bos)
     _check_prompts(model, token_lists)
     sampling = Sampling.checked(temperature, top_k, top_p)

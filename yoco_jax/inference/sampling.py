@@ -78,5 +78,13 @@ def sample(
 
 def row_keys(seed: int, n: int) -> jax.Array:
     """One key per sequence: sequence i of a request with `seed` always draws from the same key."""
-    base = jax.random.key(seed)
+    check_seed(seed)
+    base = jax.random.key(int(seed))
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n))
+
+
+def check_seed(seed) -> None:
+    """Raises unless `seed` is an integer that fits PRNG seeding (64 bits)."""
+    ok = not isinstance(seed, bool) and hasattr(seed, "__index__")  # ints and numpy ints
+    if not ok or not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(f"seed={seed!r} must be an integer in [-2**63, 2**63) (a 64-bit seed)")

@@ -1,21 +1,48 @@
-"""Which tokenizer goes with a checkpoint."""
+"""Which tokenizer goes with a checkpoint: the one named, or the one the folder carries; never
+a guess (a wrong tokenizer decodes to plausible garbage)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+TOKENIZER_FILE = "tokenizer.model"  # training runs and exports keep their tokenizer here
+
 
 def find_tokenizer(checkpoint=None, vocab_size: int | None = None, path=None):
     """The tokenizer for a model, or None when none is known.
 
-    In order: `path` (explicit), `<checkpoint>/tokenizer.model` (training output folders carry
-    a copy), then the shipped demo tokenizer when its size equals `vocab_size`.
+    `path` (explicit) wins, else `<checkpoint>/tokenizer.model`. With `vocab_size`, a tokenizer
+    of another size is an error (its ids would not match the model's embedding rows).
     """
-    from yoco_jax.data import Tokenizer, demo_tokenizer
+    from yoco_jax.data import Tokenizer
 
-    if path is not None:
-        return Tokenizer.load(path)
-    if checkpoint is not None and (Path(checkpoint) / "tokenizer.model").is_file():
-        return Tokenizer.load(Path(checkpoint) / "tokenizer.model")
-    demo = demo_tokenizer()
-    return demo if vocab_size == demo.vocab_size else None
+    if path is None and checkpoint is not None:
+        path = Path(checkpoint) / TOKENIZER_FILE
+        if not path.is_file():
+            return None
+    if path is None:
+        return None
+    tokenizer = Tokenizer.load(path)
+    if vocab_size is not None:
+        check_tokenizer(tokenizer, vocab_size)
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, vocab_size: int) -> None:
+    """Raises unless the tokenizer has exactly the model's `vocab_size` pieces."""
+    if tokenizer.vocab_size != vocab_size:
+        name = tokenizer.path or "(in memory)"
+        raise ValueError(
+            f"tokenizer {name} has {tokenizer.vocab_size} pieces but the model's "
+            f"vocabulary has {vocab_size}: use the tokenizer the model was trained with (the "
+            f"{TOKENIZER_FILE} of its run folder)"
+        )
+
+
+def no_tokenizer_message(checkpoint) -> str:
+    """Why a text prompt cannot run, and the fixes."""
+    return (
+        f"{checkpoint} carries no tokenizer (no {TOKENIZER_FILE} in it), so text prompts cannot "
+        "be encoded: pass --tokenizer PATH (the sentencepiece .model the model was trained "
+        'with), or give token ids ({"tokens": [...]} lines in --input-jsonl)'
+    )
