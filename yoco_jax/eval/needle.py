@@ -3,11 +3,13 @@
 A prompt is the official template around a haystack of filler text in which `needles`
 sentences "The special magic {city} number is: {number}" hide; the question asks for one city's
 number, the asked needle sitting at a given depth (0 = start, 1 = end) and the others at random
-depths. A case scores 1 when the number appears in the model's greedy continuation. Results
-over a grid of context lengths x depths go to JSON and a heatmap PNG.
+depths. A case scores 1 when the number appears in the model's greedy continuation. Prompts
+have the asked length in tokens (the haystack is cut token by token, then trimmed until the
+whole prompt fits), or the case is refused. Results over a grid of context lengths x depths
+(x needle counts) go to JSON and a heatmap PNG.
 
     python -m yoco_jax.eval.needle --checkpoint runs/demo --lengths 256,512,1024 --depths 5
-    python -m yoco_jax.eval.needle --checkpoint runs/demo --needles 4 --trials 5 --out needle4
+    python -m yoco_jax.eval.needle --checkpoint runs/demo --needles 1,2,4,8 --out multi
 """
 
 from __future__ import annotations
@@ -46,58 +48,76 @@ Answerer = Callable[[list[str]], list[str]]
 
 
 class Haystack:
-    """Filler text cut to token budgets: whole lines, cycling through `texts` from a random one."""
+    """Filler text cut to token budgets from one token stream: the non-empty lines of `texts`
+    joined by spaces, cycled from any offset (so a long line is cut, never skipped)."""
 
-    def __init__(self, texts: Sequence[str], count_tokens: Callable[[str], int]):
-        self.lines = [line for t in texts for line in t.splitlines() if line.strip()]
-        if not self.lines:
+    def __init__(self, texts: Sequence[str], tokenizer):
+        lines = [line.strip() for t in texts for line in t.splitlines() if line.strip()]
+        if not lines:
             raise ValueError("the haystack has no text: give files with some non-empty lines")
-        self.sizes = [count_tokens(line + " ") for line in self.lines]
+        self.tokenizer = tokenizer
+        self.tokens = tokenizer.encode(" ".join(lines) + " ")
 
-    def text(self, tokens: int, rng: random.Random) -> str:
-        """At most `tokens` tokens of filler (counted line by line)."""
-        out, used, i = [], 0, rng.randrange(len(self.lines))
-        while used + self.sizes[i] <= tokens:
-            out.append(self.lines[i] + " ")
-            used += self.sizes[i]
-            i = (i + 1) % len(self.lines)
-        return "".join(out)
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def text(self, tokens: int, start: int) -> str:
+        """`tokens` tokens of filler from stream offset `start` (wrapping around)."""
+        if tokens <= 0:
+            return ""
+        stream = self.tokens * (1 + (start % len(self.tokens) + tokens) // len(self.tokens))
+        return self.tokenizer.decode(stream[start % len(self.tokens) :][:tokens])
 
 
 def make_case(
     haystack: Haystack,
-    count_tokens: Callable[[str], int],
     context_length: int,
     depth: float,
     needles: int,
     rng: random.Random,
+    slack: int = 8,
 ) -> tuple[str, str]:
-    """(prompt, answer): about `context_length` tokens, the asked needle at `depth` in [0, 1]."""
+    """(prompt, answer): a prompt of `context_length - slack` to `context_length` tokens, the
+    asked needle at `depth` in [0, 1]. Pieces of filler re-tokenize at their joins, so the
+    filler budget is corrected until the prompt fits; a prompt that cannot is refused."""
     cities = rng.sample(CITIES, needles)
     numbers = [str(rng.randint(1, 50000)) for _ in cities]
     sentences = [NEEDLE.format(city=c, number=n) for c, n in zip(cities, numbers)]
-    fixed = INTRO.format(context="") + QUESTION.format(city=cities[0])
-    budget = context_length - count_tokens(fixed) - sum(count_tokens(s) for s in sentences)
-    budget -= 2 * (needles + 2)  # the joining newlines and token-boundary effects
-    if budget <= 0:
+    question = QUESTION.format(city=cities[0])
+    fixed = haystack.count(INTRO.format(context="") + question)
+    budget = context_length - fixed - sum(haystack.count(s) for s in sentences)
+    if budget <= needles + 1:
         raise ValueError(
             f"context length {context_length} leaves no room for a haystack around {needles} "
             "needle(s): use longer contexts"
         )
     depths = [depth] + [rng.random() for _ in range(needles - 1)]
     order = sorted(range(needles), key=lambda i: depths[i])
-    cuts = [0] + [int(budget * depths[i]) for i in order] + [budget]
-    parts = []
-    for k, i in enumerate(order):
-        parts += [haystack.text(cuts[k + 1] - cuts[k], rng), sentences[i]]
-    parts += [haystack.text(cuts[-1] - cuts[-2], rng), QUESTION.format(city=cities[0])]
-    return INTRO.format(context="\n".join(parts)), numbers[0]
+    starts = [rng.randrange(len(haystack.tokens)) for _ in range(needles + 1)]
+
+    def build(budget: int) -> str:
+        cuts = [0] + [int(budget * depths[i]) for i in order] + [budget]
+        parts = []
+        for k, i in enumerate(order):
+            parts += [haystack.text(cuts[k + 1] - cuts[k], starts[k]), sentences[i]]
+        parts += [haystack.text(cuts[-1] - cuts[-2], starts[-1]), question]
+        return INTRO.format(context="\n".join(parts))
+
+    for _ in range(8):
+        prompt = build(budget)
+        n = haystack.count(prompt)
+        if context_length - slack <= n <= context_length:
+            return prompt, numbers[0]
+        budget += context_length - slack // 2 - n
+    raise ValueError(
+        f"could not build a prompt of {context_length} tokens (the last had {n}): the "
+        "haystack's text re-tokenizes unstably; use plainer haystack text"
+    )
 
 
 def evaluate(
     answer: Answerer,
     haystack: Haystack,
-    count_tokens: Callable[[str], int],
     lengths: Sequence[int],
     depths: Sequence[float],
     needles: int = 1,
@@ -110,15 +130,12 @@ def evaluate(
     for length in lengths:
         row = []
         for depth in depths:
-            cases = [
-                make_case(haystack, count_tokens, length, depth, needles, rng)
-                for _ in range(trials)
-            ]
+            cases = [make_case(haystack, length, depth, needles, rng) for _ in range(trials)]
             predictions = answer([prompt for prompt, _ in cases])
             correct = [key in pred for (_, key), pred in zip(cases, predictions)]
             row.append(sum(correct) / trials)
             samples += [
-                {"context_length": length, "depth": depth, "prompt_tokens": count_tokens(p),
+                {"context_length": length, "depth": depth, "prompt_tokens": haystack.count(p),
                  "answer": key, "prediction": pred, "correct": ok}
                 for (p, key), pred, ok in zip(cases, predictions, correct)
             ]  # fmt: skip
@@ -130,30 +147,69 @@ def evaluate(
     }  # fmt: skip
 
 
-def plot_heatmap(results: dict, path, title: str = "") -> Path:
-    """Depth (rows) x context length (columns), green = retrieved."""
+def evaluate_needles(
+    answer: Answerer,
+    haystack: Haystack,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    needle_counts: Sequence[int],
+    trials: int = 4,
+    seed: int = 0,
+) -> dict:
+    """`evaluate` for each needle count; accuracy[n][l] = mean over depths and trials of
+    (needle_counts[n], lengths[l]); runs[str(N)] holds each count's full results."""
+    runs = {
+        str(n): evaluate(answer, haystack, lengths, depths, n, trials, seed + i)
+        for i, n in enumerate(needle_counts)
+    }
+    accuracy = [
+        [sum(row) / len(row) for row in runs[str(n)]["scores"]] for n in needle_counts
+    ]  # fmt: skip
+    return {
+        "needles": list(needle_counts), "context_lengths": list(lengths), "depths": list(depths),
+        "trials": trials, "seed": seed, "accuracy": accuracy,
+        "mean_score": sum(map(sum, accuracy)) / (len(lengths) * len(needle_counts)), "runs": runs,
+    }  # fmt: skip
+
+
+def _heatmap(matrix, rows: list[str], lengths: Sequence[int], ylabel: str, title: str, path):
+    """A [rows x lengths] accuracy grid, green = retrieved."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    scores = np.asarray(results["scores"]).T
-    lengths, depths = results["context_lengths"], results["depths"]
-    fig, ax = plt.subplots(figsize=(3 + 0.7 * len(lengths), 2 + 0.4 * len(depths)))
-    image = ax.imshow(scores, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    for (row, col), value in np.ndenumerate(scores):
+    matrix = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(3 + 0.7 * len(lengths), 2 + 0.4 * len(rows)))
+    image = ax.imshow(matrix, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    for (row, col), value in np.ndenumerate(matrix):
         ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45)
-    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth")
-    ax.set_title(title or f"needle in a haystack, {results['needles']} needle(s)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.colorbar(image, ax=ax, label="accuracy")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def plot_heatmap(results: dict, path, title: str = "") -> Path:
+    """One needle count's depth (rows) x context length (columns) grid."""
+    title = title or f"needle in a haystack, {results['needles']} needle(s)"
+    rows = [f"{d:.0%}" for d in results["depths"]]
+    scores = [list(col) for col in zip(*results["scores"])]
+    return _heatmap(scores, rows, results["context_lengths"], "needle depth", title, path)
+
+
+def plot_needles(results: dict, path, title: str = "") -> Path:
+    """Needle count (rows) x context length (columns) accuracy of `evaluate_needles`."""
+    rows = [str(n) for n in results["needles"]]
+    title = title or "multi-needle retrieval"
+    return _heatmap(results["accuracy"], rows, results["context_lengths"], "needles", title, path)
 
 
 def model_answerer(model, tokenizer, max_new_tokens: int = 20, **generate_kwargs) -> Answerer:
@@ -188,7 +244,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
     parser.add_argument("--lengths", type=_ints, default=[256, 512, 1024, 2048])
     parser.add_argument("--depths", default="5", help="a count (evenly spaced) or a list")
-    parser.add_argument("--needles", type=int, default=1)
+    parser.add_argument("--needles", type=_ints, default=[1], help="counts, e.g. 1,2,4,8")
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--haystack", nargs="*", default=None, help="text files or folders")
@@ -209,12 +265,13 @@ def main(argv=None) -> None:
     else:
         n = int(args.depths)
         depths = [i / max(n - 1, 1) for i in range(n)]
-    count = lambda text: len(tokenizer.encode(text))
-    haystack = Haystack(_read_haystack(args.haystack) if args.haystack else [FILLER], count)
+    haystack = Haystack(_read_haystack(args.haystack) if args.haystack else [FILLER], tokenizer)
     answer = model_answerer(model, tokenizer, args.max_new_tokens, prefill_chunk=args.prefill_chunk)
     try:
-        results = evaluate(
-            answer, haystack, count, args.lengths, depths, args.needles, args.trials, args.seed
+        if min(args.needles, default=0) < 1:
+            raise ValueError(f"--needles {args.needles} must be positive counts, e.g. 1,2,4,8")
+        results = evaluate_needles(
+            answer, haystack, args.lengths, depths, args.needles, args.trials, args.seed
         )
     except ValueError as e:
         parser.error(str(e))
@@ -222,8 +279,12 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    plot_heatmap(results, out.with_suffix(".png"), f"{Path(args.checkpoint).name}, "
-                 f"{args.needles} needle(s)")  # fmt: skip
+    name = Path(args.checkpoint).name
+    if len(args.needles) == 1:  # one count: where in the context it fails
+        plot_heatmap(results["runs"][str(args.needles[0])], out.with_suffix(".png"),
+                     f"{name}, {args.needles[0]} needle(s)")  # fmt: skip
+    else:
+        plot_needles(results, out.with_suffix(".png"), f"{name}, multi-needle retrieval")
     print(f"mean score {results['mean_score']:.3f}; wrote {out}.json and {out}.png")
 
 
