@@ -10,7 +10,7 @@ import pytest
 
 from yoco_jax import sharding
 from yoco_jax.config import get_config
-from yoco_jax.model import build_model
+from yoco_jax.model import build_model, init_cache
 from yoco_jax.ops import context_parallel
 from yoco_jax.train.config import load_train_config
 from yoco_jax.train.loop import train
@@ -98,6 +98,47 @@ def test_context_size_reads_the_mesh():
     assert context_parallel.context_size() == 1
     with sharding.use_mesh(sharding.make_mesh({"context": 4, "data": -1})):
         assert context_parallel.context_size() == 4
+
+
+# Prefill and decode ------------------------------------------------------------------------------
+
+PROMPT_LENGTHS = np.array([40, 13, 27, 1])  # mixed lengths, right-padded to 40
+CACHE_LENGTH, NEW_TOKENS = 48, 5
+
+
+def _greedy(config, mesh, tokens):
+    """Prefill the padded prompts, then greedy-decode: (tokens, last logits, K cache)."""
+    model = build_model(config)
+    params = model.init(jax.random.key(0), tokens[:, :8])
+    extend = jax.jit(
+        lambda p, t, c, n, fresh: model.apply(p, t, c, n, fresh, method="extend"),
+        static_argnums=4,
+    )
+    with sharding.use_mesh(mesh):
+        cache = init_cache(config, len(tokens), CACHE_LENGTH)
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "context"))
+        cache = cache._replace(kv=jax.device_put(cache.kv, split))
+        logits, cache = extend(params, tokens, cache, PROMPT_LENGTHS, True)
+        out = []
+        for _ in range(NEW_TOKENS):
+            out.append(np.asarray(jnp.argmax(logits, axis=-1)))
+            logits, cache = extend(params, out[-1][:, None], cache, np.ones(len(tokens)), False)
+    return np.stack(out, axis=1), np.asarray(logits), cache.kv.k
+
+
+@pytest.mark.parametrize("mixer, axes", [("retention", {"context": 4, "data": 2}),
+                                         ("window", {"context": 8})])  # fmt: skip
+def test_prefill_over_the_context_axis_then_decode_gives_the_unsplit_tokens(mixer, axes):
+    config = CONFIGS[mixer]
+    tokens = _inputs(config)[0]
+    tokens = np.where(np.arange(LENGTH) < PROMPT_LENGTHS[:, None], tokens, 0)
+    want_tokens, want_logits, _ = _greedy(config, sharding.make_mesh({}, jax.devices()[:1]), tokens)
+    mesh = sharding.make_mesh(axes)
+    got_tokens, got_logits, k_cache = _greedy(config, mesh, tokens)
+    np.testing.assert_array_equal(got_tokens, want_tokens)
+    _close(got_logits, want_logits)
+    # The global cache stays split along its length: each device holds 1/context of it.
+    assert k_cache.sharding.shard_shape(k_cache.shape)[1] == CACHE_LENGTH // axes["context"]
 
 
 # train.py ---------------------------------------------------------------------------------------

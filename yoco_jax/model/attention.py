@@ -57,7 +57,7 @@ class SlidingWindowAttention(nn.Module):
         q, k, v = project_qkv(cfg, x, positions, h, h, d)
 
         new_cache = None
-        if cache is None and context_parallel.context_size() > 1:  # sequence split over devices
+        if (cache is None or fresh) and context_parallel.context_size() > 1:  # split sequence
             o = context_parallel.window_attention(q, k, v, positions, w)
         elif cache is None or fresh:
             o = causal_attention(q, k, v, window=w, impl=cfg.attention_impl)
@@ -107,6 +107,8 @@ class CrossAttention(nn.Module):
             o = context_parallel.cross_attention(q, positions, k, v, kv_positions)
         elif lengths is None:
             o = causal_attention(q, k, v, impl=cfg.attention_impl)
+        elif context_parallel.context_size() > 1:  # the cache is split along its length
+            o = context_parallel.cache_attention(q, k, v, lengths)
         else:
             o = cache_attention(q, k, v, lengths, impl=cfg.attention_impl)
         return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim)), None

@@ -52,8 +52,10 @@ class GatedRetention(nn.Module):
         elif t == 1:
             o, state = recurrent_retention(q[:, 0], k[:, 0], v[:, 0], log_gate[:, 0], cache.state)
             o, new_cache = o[:, None], RetentionState(state)
-        else:
-            o, state = chunkwise_retention(q, k, v, log_gate, cfg.chunk_size, cache.state)
+        else:  # a prompt chunk; split over devices under a context mesh
+            split = context_parallel.context_size() > 1
+            form = context_parallel.retention if split else chunkwise_retention
+            o, state = form(q, k, v, log_gate, cfg.chunk_size, cache.state)
             new_cache = RetentionState(state)
 
         o = RMSNorm(cfg.norm_eps, affine=False, name="subln")(o).reshape(b, t, dim)

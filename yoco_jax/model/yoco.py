@@ -105,6 +105,8 @@ class YOCO(LanguageModel):
         x, self_caches = self.self_decoder(x, positions, cache.self_layers, valid, fresh)
         k, v = self.cross_decoder.project_kv(x, positions)
         kv = write_kv(cache.kv, k, v, positions, valid)
+        if context_parallel.context_size() > 1:  # the global cache stays split along its length
+            kv = type(kv)(*map(context_parallel.split_along_length, kv))
         lengths = cache.lengths + n_new
         h = self.cross_decoder(last_tokens(x, n_new), lengths[:, None] - 1, kv.k, kv.v, lengths)
         return self.logits_of(h), YOCOCache(self_caches, kv, lengths)

@@ -11,6 +11,7 @@ positions [i * T/n, (i + 1) * T/n). Shapes below are global; `n` is the axis siz
   values (a halo by `ppermute`), so windows that cross a slice boundary are exact.
 - `gather_kv` + `cross_attention`: the cross-decoder's ONE global K/V is all-gathered once per
   step and every cross layer attends its local queries to it (causal by global position).
+- `cache_attention`: decoding against a K/V cache that stays split along its length.
 
 All of it is differentiable jax, so the backward passes are exact (all_gather transposes to a
 reduce-scatter, ppermute to the reverse ppermute).
@@ -52,24 +53,38 @@ def check_length(t: int, n: int | None = None) -> None:
         )
 
 
+def split_along_length(x: Array) -> Array:
+    """Pins x [B, T, ...] to be split along T over the axis (other dims left free)."""
+    free = P.UNCONSTRAINED
+    return jax.lax.with_sharding_constraint(x, P(free, AXIS, *[free] * (x.ndim - 2)))
+
+
 def _shard(fn, in_specs, out_specs):
     return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs, axis_names={AXIS})
 
 
-def _incoming_state(state, total):
-    """Exclusive scan over the axis: S_in(i) = sum_{j<i} exp(sum_{j<m<i} total_m) S_j.
+def _scan_states(state, total, initial):
+    """Exclusive scan over the axis of the slices' (state, total log decay) pairs.
 
-    state [B, H, Dk, Dv] f32 and total [B, H] f32 (log decay of the whole slice), per slice.
+    state [B, H, Dk, Dv] f32 (from a zero start), total [B, H] f32, per slice; initial: the
+    state before the first slice. Returns (state entering this slice, state after the last).
+    S_in(i) = exp(C_{i-1}) S0 + sum_{j<i} exp(C_{i-1} - C_j) S_j with C the inclusive cumsum.
     """
     i = jax.lax.axis_index(AXIS)
-    states = jax.lax.all_gather(state, AXIS)  # [n, B, H, Dk, Dv]
-    totals = jax.lax.all_gather(total, AXIS)  # [n, B, H]
+    # Gathered as invariant (every slice holds the same copy), so the final state is too.
+    states = jax.lax.all_gather(state, AXIS, to="invarying")  # [n, B, H, Dk, Dv]
+    totals = jax.lax.all_gather(total, AXIS, to="invarying")  # [n, B, H]
     cum = jnp.cumsum(totals, axis=0)  # inclusive
-    before_i = cum[i] - totals[i]  # sum of totals of slices < i
     j = jnp.arange(states.shape[0])[:, None, None]
-    # exp of -inf for j >= i: zero weight, finite gradients.
-    weights = jnp.exp(jnp.where(j < i, before_i[None] - cum, -jnp.inf))
-    return jnp.einsum("nbh,nbhkv->bhkv", weights, states)
+
+    def combine(upto, include):  # decay-weighted sum of the states of slices j < upto (+ S0)
+        # exp of -inf where excluded: zero weight, finite gradients.
+        weights = jnp.exp(jnp.where(include, upto[None] - cum, -jnp.inf))
+        out = jnp.einsum("nbh,nbhkv->bhkv", weights, states)
+        return out + jnp.exp(upto)[..., None, None] * initial
+
+    before_i = cum[i] - totals[i]  # log decay of all slices before i
+    return combine(before_i, j < i), combine(cum[-1], j >= 0)
 
 
 def retention(
@@ -78,22 +93,29 @@ def retention(
     v: Float[Array, "B T H Dv"],
     log_gate: Float[Array, "B T H"],
     chunk_size: int,
-) -> Float[Array, "B T H Dv"]:
-    """Gated retention of whole sequences split over the context axis (zero initial state)."""
-    check_length(q.shape[1])
+    state: Float[Array, "B H Dk Dv"] | None = None,
+):
+    """Gated retention of sequences split over the context axis, as `chunkwise_retention`.
 
-    def local(q, k, v, log_gate):
-        b, _, h, dk = q.shape
-        # A zero state typed as varying over the axis, as the scan carry must be.
-        zero = jax.lax.pcast(jnp.zeros((b, h, dk, v.shape[-1]), f32), AXIS, to="varying")
-        out, state = chunkwise_retention(q, k, v, log_gate, chunk_size, zero)
+    Without `state` (training): the outputs, from a zero state. With an initial `state`
+    (prefill; replicated over the axis): (outputs, the state after the last position).
+    """
+    check_length(q.shape[1])
+    b, _, h, dk = q.shape
+    initial = jnp.zeros((b, h, dk, v.shape[-1]), f32) if state is None else state.astype(f32)
+
+    def local(q, k, v, log_gate, initial):
+        # Each slice from a zero state typed as varying over the axis (the scan carry must be).
+        zero = jax.lax.pcast(jnp.zeros_like(initial), AXIS, to="varying")
+        out, last = chunkwise_retention(q, k, v, log_gate, chunk_size, zero)
         cum = jnp.cumsum(log_gate.astype(f32), axis=1)  # [B, T/n, H] decay from slice start
-        incoming = _incoming_state(state, cum[:, -1])
+        incoming, final = _scan_states(last, cum[:, -1], initial)
         qd = q.astype(f32) * jnp.exp(cum)[..., None]
         out = out.astype(f32) + jnp.einsum("bthk,bhkv->bthv", qd, incoming)
-        return out.astype(v.dtype)
+        return out.astype(v.dtype), final
 
-    return _shard(local, (SPLIT,) * 4, SPLIT)(q, k, v, log_gate)
+    out, final = _shard(local, (SPLIT,) * 4 + (WHOLE,), (SPLIT, WHOLE))(q, k, v, log_gate, initial)
+    return out if state is None else (out, final)
 
 
 def _halo(x, hops: int):
@@ -165,3 +187,36 @@ def cross_attention(
     return _shard(local, (SPLIT, SPLIT, WHOLE, WHOLE, WHOLE), SPLIT)(
         q, positions, k, v, kv_positions
     )
+
+
+def cache_attention(
+    q: Float[Array, "B Tq Hq D"],
+    k_cache: Float[Array, "B S Hkv D"],
+    v_cache: Float[Array, "B S Hkv D"],
+    lengths: Int[Array, " B"],
+) -> Float[Array, "B Tq Hq D"]:
+    """The last Tq positions of each sequence against a cache split along S over the axis.
+
+    Flash-decoding across devices: each slice scores its part of the cache, and the partial
+    softmax numerators and denominators are merged by log-sum-exp (a pmax of the row maxima,
+    then a psum of the rescaled partial sums). Only [B, Hq, Tq, D] values cross devices.
+    """
+    check_length(k_cache.shape[1])
+
+    def local(q, k, v, lengths):
+        b, tq, hq, d = q.shape
+        s, hkv = k.shape[1], k.shape[2]
+        kv_pos = jax.lax.axis_index(AXIS) * s + jnp.arange(s)
+        kv_pos = jnp.where(kv_pos[None] < lengths[:, None], kv_pos[None], -1)
+        mask = position_mask(lengths[:, None] - tq + jnp.arange(tq), kv_pos)  # [B, Tq, S/n]
+        qg = q.reshape(b, tq, hkv, hq // hkv, d)
+        logits = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=f32) * d**-0.5
+        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(f32).min)
+        top = jax.lax.pmax(jnp.max(logits, axis=-1, keepdims=True), AXIS)
+        probs = jnp.exp(logits - top)
+        denom = jax.lax.psum(jnp.sum(probs, axis=-1), AXIS)[..., None]  # [B, Hkv, G, Tq, 1]
+        numer = jax.lax.psum(jnp.einsum("bhgqk,bkhd->bhgqd", probs, v.astype(f32)), AXIS)
+        out = jnp.moveaxis(numer / denom, 3, 1)  # [B, Tq, Hkv, G, D]
+        return out.reshape(b, tq, hq, d).astype(q.dtype)
+
+    return _shard(local, (WHOLE, SPLIT, SPLIT, WHOLE), WHOLE)(q, k_cache, v_cache, lengths)
