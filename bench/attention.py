@@ -270,6 +270,11 @@ def plot(path, training, decode, copy_gbs):
     fig.savefig(path, dpi=120)
 
 
+def output_path(smoke: bool, out: str | None) -> Path | None:
+    """Where the table goes: --out, else the committed results for a full (GPU) run only."""
+    return Path(out) if out else None if smoke else Path(DEFAULT_OUT)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, interpret mode)")
@@ -288,7 +293,7 @@ def main(argv=None):
             "benchmark measures GPU kernels: run it on a GPU, or --smoke for a tiny CPU check "
             f"({DEFAULT_OUT} is left as it is)\n",
         )
-    out = args.out or (None if args.smoke else DEFAULT_OUT)
+    out = output_path(args.smoke, args.out)
     cfg = SMOKE if args.smoke else FULL
     deadline = time.perf_counter() + args.budget_s
     device = jax.devices()[0]
@@ -306,7 +311,6 @@ def main(argv=None):
     if out is None:
         print("smoke run: nothing written (pass --out to keep the table)")
         return
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     plot(out.with_suffix(".png"), training, decode, copy["gbs"])
