@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from yoco_jax import sharding
-from yoco_jax.train.context_loss import cross_entropy_sums
+from yoco_jax.train.loss import cross_entropy_sums
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "loss_mask")
 
@@ -65,6 +65,11 @@ class Trainer:
             out_shardings=(self.state_shardings, replicated),
             donate_argnums=0,
         )
+        self._gradients_jit = jax.jit(
+            self._gradients,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings.params, replicated, replicated),
+        )
         self._eval_jit = jax.jit(
             self._eval_step,
             in_shardings=(self.state_shardings.params, self.batch_sharding),
@@ -85,6 +90,12 @@ class Trainer:
         """
         with sharding.use_mesh(self.mesh):
             return self._train_jit(state, batch)
+
+    def gradients(self, state: TrainState, batch: dict):
+        """(float32 gradient of the token-mean loss, summed loss, token count) of a global batch,
+        accumulated over `grad_accum` micro-batches: the gradient `train_step` applies."""
+        with sharding.use_mesh(self.mesh):
+            return self._gradients_jit(state, batch)
 
     def eval_loss_sums(self, params, batch: dict) -> tuple[jax.Array, jax.Array]:
         """(summed loss, counted tokens) of one batch."""
@@ -118,28 +129,40 @@ class Trainer:
             hidden, kernel, batch["targets"], batch["loss_mask"], chunk=self.loss_chunk
         )
 
-    def _train_step(self, state: TrainState, batch: dict):
+    def _gradients(self, state: TrainState, batch: dict):
+        """(float32 gradient of the batch's token-mean loss, summed loss, token count).
+
+        Gradients of the summed loss are accumulated in float32 over the micro-batches whatever
+        the params' dtype (bfloat16 sums would lose precision with every micro-batch), then
+        divided by the token count of the whole batch: exactly the gradient of the batch mean.
+        """
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         micro_batches = jax.tree_util.tree_map(self._split_micro_batches, batch)
         grad_fn = jax.value_and_grad(lambda p, b: self._loss_sums(p, b, rng), has_aux=True)
 
-        # Gradients of the summed loss, accumulated in float32 over micro-batches, then divided
-        # by the token count of the whole batch: exactly the gradient of the batch mean.
         def accumulate(carry, micro_batch):
             grad_sum, loss_sum, count = carry
             (micro_loss, micro_count), grads = grad_fn(state.params, micro_batch)
-            grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
+            grad_sum = jax.tree_util.tree_map(lambda s, g: s + g.astype(s.dtype), grad_sum, grads)
             return (grad_sum, loss_sum + micro_loss, count + micro_count), None
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
         init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
         (grad_sum, loss_sum, count), _ = jax.lax.scan(accumulate, init, micro_batches)
-        count = jnp.maximum(count, 1.0)
-        grads = jax.tree_util.tree_map(lambda g: g / count, grad_sum)
-        loss = loss_sum / count
+        grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(count, 1.0), grad_sum)
+        return grads, loss_sum, count
+
+    def _train_step(self, state: TrainState, batch: dict):
+        grads, loss_sum, count = self._gradients(state, batch)
+        loss = loss_sum / jnp.maximum(count, 1.0)
         grad_norm = optax.tree.norm(grads)
 
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        # The learning rate follows the step, also after skipped steps: the schedule's counter
+        # is set to it. Adam's own counter (its bias correction) counts the updates applied, as
+        # its moments do. The optimizer state keeps the params' dtype: cast the gradient to it.
+        opt_state = _schedule_at(state.opt_state, state.step)
+        grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        updates, opt_state = self.optimizer.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A non-finite loss or gradient leaves params and optimizer state untouched, so a bad
         # step can never reach a checkpoint; the loop decides whether to stop or go on.
@@ -175,3 +198,16 @@ class Trainer:
 
     def _eval_step(self, params, batch: dict):
         return self._loss_sums(params, batch, None)
+
+
+def _schedule_at(opt_state, step: jax.Array):
+    """`opt_state` with every learning-rate schedule's counter (optax ScaleByScheduleState) set
+    to `step`, so the update applies `schedule(step)`, the rate that is logged."""
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    return jax.tree_util.tree_map(
+        lambda x: (
+            optax.ScaleByScheduleState(count=step.astype(x.count.dtype)) if is_schedule(x) else x
+        ),
+        opt_state,
+        is_leaf=is_schedule,
+    )
