@@ -2,6 +2,11 @@
 logits, gradients and training losses as the unsplit model."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +28,7 @@ CONFIGS = {
     "window": get_config("yoco-swa-tiny", n_layers=2, chunk_size=4, dtype="float32"),
 }
 BATCH, LENGTH = 4, 40
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _inputs(config):
@@ -149,11 +155,15 @@ RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "model.ch
        "checkpoint_every=2", "async_checkpointing=false"]  # fmt: skip
 
 
+def _losses_of(output_dir):
+    records = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, records) if "loss" in r}
+
+
 def _run(output_dir, steps, context):
     overrides = [f"output_dir={output_dir}", f"steps={steps}", f"mesh.context={context}"]
     train(load_train_config(None, RUN + overrides))
-    records = (output_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, records) if "loss" in r}
+    return _losses_of(output_dir)
 
 
 def test_train_with_context_4_then_resumed_with_context_2_matches_context_1(tmp_path):
@@ -167,3 +177,55 @@ def test_train_with_context_4_then_resumed_with_context_2_matches_context_1(tmp_
     assert want[4] < want[1]
     np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)],
                                rtol=2e-5)  # fmt: skip
+
+
+# Two processes ----------------------------------------------------------------------------------
+
+
+def _start_processes(output_dir, processes, context, cache, corpus):
+    """train.py on 4 devices in all, in `processes` processes (gloo collectives)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # fmt: skip
+    command = [sys.executable, str(ROOT / "train.py"), *RUN, "steps=3", "data_shards=2",
+               f"data.path={corpus}", f"output_dir={output_dir}",
+               f"mesh.context={context}"]  # fmt: skip
+    distributed = lambda i: [f"--coordinator_address=localhost:{port}",
+                             f"--num_processes={processes}", f"--process_id={i}"]  # fmt: skip
+    return [
+        subprocess.Popen(
+            command + (distributed(i) if processes > 1 else []),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(processes)
+    ]
+
+
+def _wait(runs):
+    outputs = [run.communicate(timeout=400)[0] for run in runs]
+    for run, output in zip(runs, outputs):
+        assert run.returncode == 0, output
+    return outputs[0]
+
+
+@pytest.mark.slow
+def test_context_spanning_two_processes_matches_one_process(tmp_path):
+    cache, corpus = tmp_path / "compile_cache", tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * (i % 5 + 1))
+    one = _start_processes(tmp_path / "one", 1, 1, cache, corpus)  # overlaps the two-process run
+    output = _wait(_start_processes(tmp_path / "two", 2, 4, cache, corpus))
+    assert "2 process(es)" in output and "'context': 4" in output
+    _wait(one)
+    read = lambda name: _losses_of(tmp_path / name)
+    want, got = read("one"), read("two")
+    assert sorted(got) == sorted(want) == [1, 2, 3]
+    np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], rtol=2e-5)
