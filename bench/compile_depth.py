@@ -135,6 +135,8 @@ def main(argv=None) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "rows": [],
     }
+    # Warm-up (not recorded): the first compilations of a process also pay one-time setup.
+    measure(yoco_jax.get_config(args.config, n_layers=2))
     deadline = time.perf_counter() + args.budget_s
     print(
         f"{'layers':>6} {'logits':>12} {'train step':>12} {'decode loop':>12}  (lower + compile, s)"

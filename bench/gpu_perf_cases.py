@@ -152,9 +152,7 @@ def transformer_prefill(cfg, deadline, smoke):
         if not deadline.allows(5 if smoke else 45):
             yield {**row, "skipped": "time budget"}
             continue
-        yield _attempt(
-            row, lambda row, chunk=chunk: _prefill_row(model, weights, length, chunk, row)
-        )
+        yield _attempt(row, _prefill_row, model, weights, length, chunk)
 
 
 def yoco_prefill(cfg, deadline, smoke):
