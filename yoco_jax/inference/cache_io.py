@@ -2,12 +2,15 @@
 growing a cache's K/V to a longer max_len.
 
 "Cache once": prefill a long document once, `save_cache`; later `load_cache` and ask questions
-with `generate(model, question, cache=cache)`, without running the document again.
+with `generate(model, question, cache=cache)`, without running the document again. The file
+records the model's config and a fingerprint of its weights, so a cache is never used by another
+model or by other weights of the same shape.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig, from_dict
-from yoco_jax.model.cache import KVCache, init_cache
+from yoco_jax.model.cache import KVCache, WindowKV, init_cache
 
 # Config fields that change numerics or speed, not what the cache holds.
 _RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "remat", "chunk_size"}
@@ -46,8 +49,45 @@ def _same_model(a: ModelConfig, b: ModelConfig) -> bool:
     return strip(a) == strip(b)
 
 
-def save_cache(path, cache, config: ModelConfig, logits=None) -> Path:
-    """Writes `cache` (and optionally the prefill's last logits [B, V]) to `path` (.npz)."""
+@jax.jit
+def _weight_samples(params):
+    """Up to 256 numbers of the first and of the last row of every tensor, in bfloat16."""
+
+    def sample(x):
+        x = x.reshape(1) if x.ndim == 0 else x
+        row = lambda i: x[(i,) * (x.ndim - 1)][:256]  # static slices: no gather of the tensor
+        return jnp.stack([row(0), row(-1)]).astype(jnp.bfloat16)
+
+    return jax.tree.map(sample, params)
+
+
+def params_fingerprint(params) -> str:
+    """16 hex digits identifying the weights: a hash of every tensor's path, shape and a few
+    hundred of its numbers (cheap to gather from any sharding). The numbers are rounded to
+    bfloat16, so the same weights stored in float32 or bfloat16 share a fingerprint."""
+    digest = hashlib.sha256()
+    samples = jax.device_get(_weight_samples(params))
+    for (path, x), sample in zip(
+        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(samples)
+    ):
+        digest.update(f"{jax.tree_util.keystr(path)}{tuple(x.shape)}".encode())
+        digest.update(np.asarray(sample).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _with_kv_dtype(cache, dtype):
+    """The cache with its K/V (global and window rings) in `dtype`; retention states stay f32."""
+    is_kv = lambda c: isinstance(c, (KVCache, WindowKV))
+    cast = lambda c: type(c)(*(x.astype(dtype) for x in c)) if is_kv(c) else c
+    return jax.tree.map(cast, cache, is_leaf=is_kv)
+
+
+def save_cache(path, cache, config: ModelConfig, logits=None, *, params=None) -> Path:
+    """Writes `cache` (and optionally the prefill's last logits [B, V]) to `path` (.npz).
+
+    `params`: the weights that made the cache; their fingerprint is stored, and `load_cache`
+    with `params=` then refuses other weights.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     leaves = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(cache)]
@@ -57,6 +97,7 @@ def save_cache(path, cache, config: ModelConfig, logits=None) -> Path:
         "max_len": cache_max_len(cache),
         "kv_dtype": str((cache.kv if hasattr(cache, "kv") else cache.layers[0]).k.dtype),
         "dtypes": [str(x.dtype) for x in leaves],
+        "params_fingerprint": None if params is None else params_fingerprint(params),
     }
     # npz has no bfloat16: store every leaf as raw bytes of its own width, the dtype in meta.
     arrays = {f"leaf_{i}": x.view(f"u{x.dtype.itemsize}") for i, x in enumerate(leaves)}
@@ -67,11 +108,21 @@ def save_cache(path, cache, config: ModelConfig, logits=None) -> Path:
     return path
 
 
-def load_cache(path, config: ModelConfig | None = None, max_len: int | None = None):
+def load_cache(
+    path,
+    config: ModelConfig | None = None,
+    max_len: int | None = None,
+    *,
+    params=None,
+    dtype: str | None = None,
+):
     """Reads a cache written by `save_cache` -> (cache, logits or None, config).
 
     `config`: the model that will use the cache; a cache of another model is a clear error.
+    `params`: that model's weights; a cache made by other weights is a clear error.
     `max_len`: grow the K/V to this many positions (room for the questions and answers).
+    `dtype`: the K/V dtype; default `config.dtype` (the cache the model itself would make, e.g.
+    float32 for a float32 model reading a bfloat16 model's cache), or as saved without config.
     """
     path = Path(path)
     if not path.is_file():
@@ -83,18 +134,38 @@ def load_cache(path, config: ModelConfig | None = None, max_len: int | None = No
             raise ValueError(
                 f"{path} holds the cache of another model ({saved}); it cannot serve {config}"
             )
+        if params is not None:
+            _check_fingerprint(path, meta.get("params_fingerprint"), params)
         template = jax.eval_shape(
             lambda: init_cache(saved, meta["batch"], meta["max_len"], meta["kv_dtype"])
         )
         shapes, treedef = jax.tree.flatten(template)
         leaves = []
-        for i, (like, dtype) in enumerate(zip(shapes, meta["dtypes"])):
-            x = data[f"leaf_{i}"].view(jnp.dtype(dtype))
+        for i, (like, stored) in enumerate(zip(shapes, meta["dtypes"])):
+            x = data[f"leaf_{i}"].view(jnp.dtype(stored))
             if x.shape != like.shape:
                 raise ValueError(f"{path} is corrupt: leaf {i} has shape {x.shape}, not {like}")
             leaves.append(jnp.asarray(x))
         logits = jnp.asarray(data["logits"]) if "logits" in data else None
     cache = jax.tree.unflatten(treedef, leaves)
+    dtype = dtype or (config.dtype if config is not None else None)
+    if dtype is not None:
+        cache = _with_kv_dtype(cache, jnp.dtype(dtype))
     if max_len is not None and max_len > meta["max_len"]:
         cache = grow_cache(cache, max_len)
     return cache, logits, config or saved
+
+
+def _check_fingerprint(path, saved: str | None, params) -> None:
+    if saved is None:
+        raise ValueError(
+            f"{path} was saved without a fingerprint of its weights, so it cannot be checked "
+            "against these params: save it again with save_cache(..., params=model.params), or "
+            "load it without params= if you are sure it came from these weights"
+        )
+    ours = params_fingerprint(params)
+    if saved != ours:
+        raise ValueError(
+            f"{path} was prefilled by other weights (fingerprint {saved}, these params: {ours}); "
+            "with them its answers would be wrong: prefill the document again with this model"
+        )

@@ -176,7 +176,10 @@ def cache_attention(
     Up to `MAX_DECODE_QUERIES` queries (decode) run the split-K Pallas decode kernel (no window)
     or the masked XLA path; a prefill chunk runs the Pallas chunk kernel or the blocked XLA
     path of ops/chunked_attention.py (memory independent of the cache length).
+    All compute in the cache's dtype: q is cast to it (a bfloat16 cache read by a float32 model,
+    or the reverse, never copies the cache) and the output back to q's dtype.
     """
+    out_dtype, q = q.dtype, q.astype(k_cache.dtype)
     decode = q.shape[1] <= MAX_DECODE_QUERIES
     impl = attention_choice.pick(impl, "decode" if decode else "chunk", q, k_cache.shape[1], window)
     if _use_kernel(impl, q.shape[-1], k_cache.shape[1]):
@@ -187,11 +190,12 @@ def cache_attention(
             kernel = lambda *args: kernels.decode_attention(*args, **options)
         else:
             kernel = lambda *args: kernels.chunk_attention(*args, window=window, **options)
-        return _per_device(kernel, q, k_cache, v_cache, lengths)
+        return _per_device(kernel, q, k_cache, v_cache, lengths).astype(out_dtype)
     if not decode:
-        return chunked_attention(q, k_cache, v_cache, lengths, window=window)
+        return chunked_attention(q, k_cache, v_cache, lengths, window=window).astype(out_dtype)
     b, tq = q.shape[:2]
     q_pos = lengths[:, None] - tq + jnp.arange(tq)
     kv_pos = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (b, k_cache.shape[1]))
     kv_pos = jnp.where(kv_pos < lengths[:, None], kv_pos, -1)
-    return masked_attention(q, k_cache, v_cache, position_mask(q_pos, kv_pos, window))
+    out = masked_attention(q, k_cache, v_cache, position_mask(q_pos, kv_pos, window))
+    return out.astype(out_dtype)
