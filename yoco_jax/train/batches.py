@@ -31,7 +31,10 @@ class GlobalBatches:
         shards: int,
         seed: int,
         split: str = "train",
+        sources=None,
     ):
+        """sources: `resolve_sources(data_config.path, data_config.kind)`, shared by the streams
+        (default: each stream reads them)."""
         from yoco_jax.data import make_iterator
 
         index, count = process_batch_slice(sharding, batch_size)
@@ -54,6 +57,7 @@ class GlobalBatches:
                 seed=seed,
                 process_index=k,
                 process_count=shards,
+                sources=sources,
             )
             for k in range(index * per_process, (index + 1) * per_process)
         }

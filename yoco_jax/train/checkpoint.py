@@ -1,12 +1,16 @@
-"""Orbax checkpoints of a training run: `<output_dir>/checkpoints/<step>/{state,data,config}`.
+"""Orbax checkpoints of a training run:
+`<output_dir>/checkpoints/<step>/{state,data,config,checksums}`.
 
-- state:  TrainState (params, optimizer state, step, RNG), sharded arrays; restoring onto another
-          mesh reshards them.
-- data:   the state of every data stream (JSON), so the run resumes on the next batch.
-- config: the model and training configurations (JSON).
+- state:     TrainState (params, optimizer state, step, RNG), sharded arrays; restoring onto
+             another mesh reshards them.
+- data:      the state of every data stream (JSON), so the run resumes on the next batch.
+- config:    the model and training configurations (JSON).
+- checksums: of everything above (checksums.py), compared after every restore.
 
 Saves are asynchronous and atomic: orbax writes a temporary folder and renames it once every
-process has finished, so an interrupted save is never listed, hence never restored.
+process has finished, so an interrupted save is never listed, hence never restored. A step whose
+files were damaged later (checksums differ, files missing or unreadable) is skipped with a
+warning naming it: restores fall back to the newest intact step.
 """
 
 from __future__ import annotations
@@ -14,15 +18,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from yoco_jax.errors import CheckpointError
 from yoco_jax.sharding import unbox
+from yoco_jax.train.checksums import json_checksum, tree_checksums, verify
+from yoco_jax.train.damage import CheckpointWarning, brief, listed, quiet_failed_restores
 
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged-checkpoints"
 # Model fields that change how the model computes, not which parameters it has.
 RUNTIME_FIELDS = frozenset({"dtype", "attention_impl", "remat"})
 
@@ -31,6 +42,7 @@ class Checkpointer:
     """Saves and restores training checkpoints in `<output_dir>/checkpoints`."""
 
     def __init__(self, output_dir: str, *, keep: int = 3, async_save: bool = True):
+        self.output_dir = os.path.abspath(output_dir)
         self.directory = checkpoint_directory(output_dir)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True
@@ -40,6 +52,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state, data_state: dict, config: dict) -> None:
         """Starts an asynchronous save (every process calls it). `data_state` maps this
         process's data streams to their iterator states; the streams of all processes are
@@ -47,35 +62,103 @@ class Checkpointer:
         streams = {}
         for process_streams in _gather_json(data_state):
             streams.update(process_streams)
+        data = {"streams": streams}
+        checksums = {
+            "state": {name: tree_checksums(value) for name, value in state._asdict().items()},
+            "data": json_checksum(data),
+            "config": json_checksum(config),
+        }
         self.manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave({"streams": streams}),
+                data=ocp.args.JsonSave(data),
                 config=ocp.args.JsonSave(config),
+                checksums=ocp.args.JsonSave(checksums),
             ),
             force=True,
         )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict, dict]:
-        """(state, data stream states, config) of checkpoint `step`.
+        """(state, data stream states, config) of checkpoint `step`, checked against its
+        checksums (CheckpointError if they differ).
 
         abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings.
         """
+        checked = _has_checksums(self.directory, step)
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 data=ocp.args.JsonRestore(),
                 config=ocp.args.JsonRestore(),
+                **({"checksums": ocp.args.JsonRestore()} if checked else {}),
             ),
         )
+        if checked:
+            what, sums = f"checkpoint step {step}", restored.checksums
+            for name, value in restored.state._asdict().items():
+                verify(sums["state"][name], tree_checksums(value), f"{what} {name}")
+            verify({"data": sums["data"], "config": sums["config"]},
+                   {"data": json_checksum(restored.data), "config": json_checksum(restored.config)},
+                   what)  # fmt: skip
         return restored.state, restored.data["streams"], restored.config
 
     def read_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
             "config"
         ]
+
+    def restore_latest(self, abstract_state, check: Callable[[int, dict], None] = lambda *_: None):
+        """(step, state, data stream states, config) of the newest intact checkpoint, or None
+        when there is none. Damaged newer steps are moved to `<output_dir>/damaged-checkpoints`
+        with a warning (so the run can save those steps again); `check(step, config)` raises
+        when the run cannot resume from that checkpoint (another model, tokenizer, ...)."""
+        damaged = []
+        quiet_failed_restores()
+        for step in reversed(self.all_steps()):
+            try:
+                config = self.read_config(step)
+            except Exception as error:  # orbax raises many kinds for missing or garbled files
+                damaged.append((step, error))
+                continue
+            check(step, config)
+            try:
+                state, data, config = self.restore(step, abstract_state)
+            except Exception as error:
+                damaged.append((step, error))
+                continue
+            self._set_aside(damaged, step)
+            return step, state, data, config
+        if damaged:
+            raise CheckpointError(
+                f"every checkpoint in {self.directory} is damaged ({listed(damaged)}): "
+                "restore them, or start over with --restart"
+            )
+        return None
+
+    def _set_aside(self, damaged: list[tuple[int, Exception]], used: int) -> None:
+        if not damaged:
+            return
+        target = os.path.join(self.output_dir, DAMAGED_DIR)
+        for step, error in damaged:
+            warnings.warn(
+                f"checkpoint step {step} in {self.directory} is damaged ({brief(error)}); "
+                f"resuming from step {used}, and step {step} is moved to {target}",
+                CheckpointWarning,
+                stacklevel=3,
+            )
+        if jax.process_index() == 0:
+            os.makedirs(target, exist_ok=True)
+            for step, _ in damaged:
+                destination = os.path.join(target, str(step))
+                shutil.rmtree(destination, ignore_errors=True)  # an older damaged copy
+                os.replace(os.path.join(self.directory, str(step)), destination)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("yoco_jax damaged checkpoints")
+        self.manager.reload()
 
     def wait(self) -> None:
         """Blocks until the pending asynchronous save is on disk."""
@@ -109,40 +192,84 @@ def check_compatible(saved_model: dict, model_config) -> None:
 
 
 def load_params(output_dir: str, step: int | None = None):
-    """(ModelConfig, params) of a training run's checkpoint (default: the latest), params only
-    (no optimizer state), as float32 arrays on the default device."""
+    """(ModelConfig, params) of a training run's checkpoint, params only (no optimizer state),
+    as float32 arrays on the default device, checked against the checkpoint's checksums.
+
+    step: None = the newest intact step (damaged newer ones are skipped with a
+    CheckpointWarning naming them); an explicit step that is damaged raises CheckpointError.
+    Reads only: nothing is created or moved in `output_dir`."""
+    directory = checkpoint_directory(output_dir)
+    steps = []
+    if os.path.isdir(directory):
+        with _reader(directory) as manager:
+            steps = sorted(manager.all_steps(), reverse=True)
+    if not steps or (step is not None and step not in steps):
+        raise FileNotFoundError(
+            f"no checkpoint {'' if step is None else f'step {step} '}in {directory} "
+            f"(available steps: {sorted(steps)})"
+        )
+    damaged = []
+    quiet_failed_restores()
+    for candidate in steps if step is None else [step]:
+        try:
+            loaded = _load_params(directory, candidate)
+        except Exception as error:  # orbax raises many kinds for missing or garbled files
+            damaged.append((candidate, error))
+            continue
+        for bad, error in damaged:
+            warnings.warn(
+                f"checkpoint step {bad} in {directory} is damaged ({brief(error)}); loading "
+                f"step {candidate} instead",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+        return loaded
+    raise CheckpointError(
+        f"{'every checkpoint' if step is None else f'checkpoint step {step}'} in {directory} is "
+        f"damaged ({listed(damaged)})"
+    )
+
+
+def _load_params(directory: str, step: int):
     from yoco_jax.config import from_dict
     from yoco_jax.model import build_model
 
-    directory = checkpoint_directory(output_dir)
-    manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise FileNotFoundError(
-            f"no checkpoint {'' if step is None else f'step {step} '}in {directory} "
-            f"(available steps: {list(manager.all_steps())})"
+    with _reader(directory) as manager:
+        config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        model_config = from_dict(config["config"]["model"])
+        module = build_model(model_config)
+        boxed = jax.eval_shape(module.init, jax.random.key(0), jax.numpy.zeros((1, 8), np.int32))
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            unbox(boxed["params"]),
         )
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    model_config = from_dict(config["config"]["model"])
-    module = build_model(model_config)
-    boxed = jax.eval_shape(module.init, jax.random.key(0), jax.numpy.zeros((1, 8), np.int32))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        unbox(boxed["params"]),
-    )
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item={"params": abstract},
-                restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
-                partial_restore=True,
-            )
-        ),
-    )
-    manager.close()
-    return model_config, restored["state"]["params"]
+        checked = _has_checksums(directory, step)
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": abstract},
+                    restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
+                    partial_restore=True,
+                ),
+                **({"checksums": ocp.args.JsonRestore()} if checked else {}),
+            ),
+        )
+    params = restored["state"]["params"]
+    if checked:
+        expected = restored["checksums"]["state"]["params"]
+        verify(expected, tree_checksums(params), f"checkpoint step {step} params")
+    return model_config, params
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+
+
+def _has_checksums(directory: str, step: int) -> bool:
+    """Checkpoints saved before checksums existed are restored unchecked."""
+    return os.path.isdir(os.path.join(directory, str(step), "checksums"))
 
 
 def _gather_json(value: Any) -> list:

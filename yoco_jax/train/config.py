@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from yoco_jax.config import CONFIG_DIR, ConfigError, parse_overrides, replace_checked
+from yoco_jax.config import (
+    CONFIG_DIR,
+    ConfigError,
+    parse_overrides,
+    read_config_file,
+    replace_checked,
+)
 from yoco_jax.data.config import DataConfig
 from yoco_jax.train.optim import SCHEDULES
 
@@ -51,7 +56,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-6
     weight_decay: float = 0.05
-    clip_norm: float = 2.0  # global gradient norm; 0 = no clipping
+    clip_norm: float = 2.0  # global gradient norm; 0 = no clipping (the only way to turn it off)
     loss_chunk: int = 1024  # positions per cross-entropy chunk (bounds float32 logits memory)
     # Parallelism: mesh axis sizes, -1 = the remaining devices.
     mesh: dict = dataclasses.field(
@@ -87,8 +92,19 @@ class TrainConfig:
             raise ConfigError(
                 f"batch_size={self.batch_size} must be a multiple of data_shards={self.data_shards}"
             )
-        if self.learning_rate <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("learning_rate must be positive and min_lr_ratio in [0, 1]")
+        _check_float(self, "learning_rate", low=0, low_open=True)
+        _check_float(self, "min_lr_ratio", low=0, high=1)
+        _check_float(self, "beta1", low=0, high=1, high_open=True)
+        _check_float(self, "beta2", low=0, high=1, high_open=True)
+        _check_float(self, "eps", low=0, low_open=True)
+        _check_float(self, "weight_decay", low=0)
+        _check_float(self, "clip_norm", low=0, fix="0 turns clipping off")
+        for key in ("model_overrides", "mesh"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"{key}={getattr(self, key)!r} must be a mapping")
+        for axis, size in self.mesh.items():
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise ConfigError(f"mesh.{axis}={size!r} must be an integer (-1 = the rest)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types (stored in checkpoints)."""
@@ -114,14 +130,19 @@ def load_train_config(name_or_path: str | None = None, overrides: list[str] = ()
                 f"no training config {str(name_or_path)!r}: give a YAML file path or one of "
                 f"{', '.join(names)}"
             )
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of training config keys")
+    values = read_config_file(path)
+    sections = {"model": "model_overrides", "data": "data", "mesh": "mesh"}
+    for key in ("model_overrides", "data", "mesh"):
+        if not isinstance(values.get(key) or {}, dict):
+            raise ConfigError(f"{path}: {key} must be a mapping, got {values[key]!r}")
     values["model_overrides"] = dict(values.get("model_overrides") or {})
     values["data"] = dict(values.get("data") or {})
     values["mesh"] = dict(values.get("mesh") or TrainConfig().mesh)
-    sections = {"model": "model_overrides", "data": "data", "mesh": "mesh"}
-    for key, value in parse_overrides(overrides).items():
+    # `model.dim: 64` in the file and `model.dim=64` on the command line, in that order.
+    dotted = {
+        k: values.pop(k) for k in list(values) if k.partition(".")[0] in sections and "." in k
+    }
+    for key, value in [*dotted.items(), *parse_overrides(overrides).items()]:
         section, _, field = key.partition(".")
         if section in sections and field:
             values[sections[section]][field] = value
@@ -135,6 +156,20 @@ def _data_config(values: dict) -> DataConfig:
         return DataConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"data: {error}") from None
+
+
+def _check_float(config, key, *, low, high=math.inf, low_open=False, high_open=False, fix=""):
+    """A finite number in [low, high] (open where asked); ints were made floats by the type
+    check."""
+    value = getattr(config, key)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    above = number and (value > low if low_open else value >= low)
+    below = number and (value < high if high_open else value <= high)
+    if not (number and math.isfinite(value) and above and below):
+        lower = f"{'>' if low_open else '>='} {low:g}"
+        upper = "" if high == math.inf else f" and {'<' if high_open else '<='} {high:g}"
+        hint = f" ({fix})" if fix else ""
+        raise ConfigError(f"{key}={value!r} must be a finite number {lower}{upper}{hint}")
 
 
 def _check_int(config, key: str, low: int) -> None:

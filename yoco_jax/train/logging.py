@@ -40,21 +40,29 @@ def memory_stats() -> dict[str, float]:
 
 
 class MetricsLogger:
-    """Writes `<output_dir>/metrics.jsonl` and TensorBoard event files under `<output_dir>/tb`."""
+    """Writes `<output_dir>/metrics.jsonl` and TensorBoard event files under `<output_dir>/tb`.
 
-    def __init__(self, output_dir: str):
+    start: the step the run starts from. What an earlier run logged after it (it went on past
+    its last checkpoint before it stopped) is dropped, so each step is logged once: rows of
+    metrics.jsonl with a larger step are removed, and TensorBoard is told to purge its events
+    after `start` (a purge_step)."""
+
+    def __init__(self, output_dir: str, start: int = 0):
         self.active = jax.process_index() == 0
         self._file = self._writer = None
         if not self.active:
             return
         os.makedirs(output_dir, exist_ok=True)
-        self._file = open(os.path.join(output_dir, "metrics.jsonl"), "a")  # noqa: SIM115
+        path = os.path.join(output_dir, "metrics.jsonl")
+        _drop_rows_after(path, start)
+        self._file = open(path, "a")  # noqa: SIM115
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
             warnings.warn("tensorboardX is not installed: no TensorBoard logs", stacklevel=2)
         else:
-            self._writer = SummaryWriter(os.path.join(output_dir, "tb"))
+            tb = os.path.join(output_dir, "tb")
+            self._writer = SummaryWriter(tb, purge_step=start + 1 if os.path.isdir(tb) else None)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.active:
@@ -71,3 +79,22 @@ class MetricsLogger:
             self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    """Keeps the rows of a metrics.jsonl file up to `step` (and drops a torn last line)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        f.writelines(kept)
+    os.replace(temporary, path)

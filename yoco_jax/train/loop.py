@@ -3,62 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
-import signal
-import time
+import warnings
 
 import jax
-import numpy as np
 import yaml
 
 from yoco_jax import sharding
+from yoco_jax.errors import ConfigError
 from yoco_jax.train.batches import GlobalBatches
-from yoco_jax.train.checkpoint import Checkpointer, check_compatible
+from yoco_jax.train.checkpoint import DAMAGED_DIR, Checkpointer, check_compatible
 from yoco_jax.train.config import TrainConfig
-from yoco_jax.train.logging import MetricsLogger, flops_per_token, memory_stats, peak_flops
+from yoco_jax.train.lock import RunLock
+from yoco_jax.train.logging import MetricsLogger
+from yoco_jax.train.memory import check_memory
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
+from yoco_jax.train.run import Run
+from yoco_jax.train.signals import StopSignal
 from yoco_jax.train.step import Trainer
-
-
-class StopSignal:
-    """Records SIGTERM / SIGINT so the loop can checkpoint and exit between steps (preemption).
-
-    A second SIGINT interrupts at once (KeyboardInterrupt).
-    """
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    def requested(self, synchronize: bool) -> bool:
-        """Whether any process got a signal (`synchronize`: agree across processes, a
-        collective every process must join at the same step)."""
-        if jax.process_count() == 1:
-            return self.received is not None
-        if not synchronize:
-            return False
-        from jax.experimental import multihost_utils
-
-        return bool(multihost_utils.process_allgather(np.array([self.received is not None])).any())
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train(config: TrainConfig, *, restart: bool = False) -> dict:
     """Runs (or resumes) training; returns the last logged metrics."""
     from yoco_jax.config import get_config
-    from yoco_jax.model import build_model
 
     model_config = get_config(config.model, **config.model_overrides)
     tokenizer = load_tokenizer(config.tokenizer)
@@ -67,9 +37,18 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocab_size is "
             f"{model_config.vocab_size}; set model.vocab_size={tokenizer.vocab_size} or more"
         )
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_divides(config.batch_size // config.grad_accum, mesh,
-                                 "the micro-batch (batch_size / grad_accum)")  # fmt: skip
+    with RunLock(config.output_dir):  # before anything in the folder is read or written
+        if restart:
+            _clear_run(config.output_dir, restart=True)
+        return _train(config, model_config, tokenizer)
+
+
+def _train(config: TrainConfig, model_config, tokenizer) -> dict:
+    from yoco_jax.data.corpus import resolve_sources
+    from yoco_jax.data.pipeline import eval_documents
+    from yoco_jax.model import build_model
+
+    mesh = _mesh(config)
     trainer = Trainer(
         build_model(model_config),
         make_optimizer(config),
@@ -78,35 +57,45 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
         grad_accum=config.grad_accum,
         loss_chunk=config.loss_chunk,
     )
-    batches = _batches(config, tokenizer, trainer, "train")
+    check_memory(config, model_config, trainer)
+    sources = resolve_sources(config.data.path, config.data.kind)  # reads and checks every file
+    batches = _batches(config, tokenizer, trainer, "train", sources)
+    held_out = config.data.eval_fraction > 0 and eval_documents(sources, config.data.eval_fraction)
+    if config.data.eval_fraction > 0 and not held_out:
+        _print(
+            f"note: data.eval_fraction={config.data.eval_fraction} holds out no document of a "
+            "single-document corpus: no held-out loss (data.eval_fraction=0 silences this)"
+        )
     eval_batches = (
-        _batches(config, tokenizer, trainer, "eval").take(config.eval_batches)
-        if config.data.eval_fraction > 0
+        _batches(config, tokenizer, trainer, "eval", sources).take(config.eval_batches)
+        if held_out
         else []
     )
-    if restart:
-        _clear_run(config.output_dir)
     checkpointer = Checkpointer(
         config.output_dir, keep=config.keep_checkpoints, async_save=config.async_checkpointing
     )
+    resumed = _resume(config, model_config, tokenizer, trainer, checkpointer, batches)
+    if resumed is None:  # logs of a run stopped before its first checkpoint belong to nothing
+        _clear_run(config.output_dir, restart=False)
+        start, state = 0, trainer.init(config.seed)
+    else:
+        start, state = resumed
     saved_config = {"model": dataclasses.asdict(model_config), "train": config.to_dict(),
                     "tokenizer": _save_tokenizer(tokenizer, config.output_dir)}  # fmt: skip
-
-    start = checkpointer.latest_step()
-    if start is None:
-        start = 0
-        state = trainer.init(config.seed)
-    else:
-        check_compatible(checkpointer.read_config(start)["model"], model_config)
-        state, data_state, _ = checkpointer.restore(start, trainer.abstract_state)
-        batches.set_state(data_state)
     _announce(config, model_config, trainer, state, mesh, start)
-
-    logger = MetricsLogger(config.output_dir)
+    logger = MetricsLogger(config.output_dir, start)  # drops what was logged after `start`
+    if start == config.steps:
+        _print(f"nothing to do: the run in {config.output_dir} is already at steps={start} "
+               "(raise steps to train longer)")  # fmt: skip
+        logger.close()
+        checkpointer.close()
+        return {}
     stop = StopSignal()
-    run = _Run(config, model_config, trainer, state, logger)
+    run = Run(config, model_config, trainer, state, logger)
+    saved = start
     try:
         for step in range(start, config.steps):
+            data_state = batches.get_state()  # before the batch: what a save after an error needs
             run.step(next(batches))
             done = step + 1
             stopping = stop.requested(synchronize=done % config.log_every == 0)
@@ -114,6 +103,7 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
             if due or stopping or done == config.steps:
                 run.flush()  # checks the last step's loss before anything is saved
                 checkpointer.save(done, run.state, batches.get_state(), saved_config)
+                saved = done
             if eval_batches and (done == config.steps or _every(done, config.eval_every)):
                 run.evaluate(done, eval_batches)
             if stopping:
@@ -121,6 +111,10 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
                 _print(f"{signal_name}: saved step {done} in {checkpointer.directory}; exiting")
                 break
         run.flush()
+    except Exception as error:
+        if not isinstance(error, FloatingPointError):  # a non-finite step: no save (see Run)
+            _save_after_error(run, checkpointer, saved, data_state, saved_config)
+        raise
     finally:
         stop.restore()
         run.close()
@@ -135,86 +129,76 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
     return run.last_metrics
 
 
-class _Run:
-    """Dispatches steps and reports each one a step late, so the host never waits on the
-    device between steps (the next step is queued before the previous metrics are read)."""
+def _mesh(config: TrainConfig):
+    """The device mesh; a layout that does not fit the devices is a config error (exit 2)."""
+    try:
+        mesh = sharding.make_mesh(config.mesh)
+        sharding.check_batch_divides(config.batch_size // config.grad_accum, mesh,
+                                     "the micro-batch (batch_size / grad_accum)")  # fmt: skip
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return mesh
 
-    def __init__(self, config, model_config, trainer, state, logger):
-        self.config, self.trainer, self.state, self.logger = config, trainer, state, logger
-        self.tokens_per_step = config.batch_size * config.seq_len
-        n_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-        matmul_params = n_params - model_config.vocab_size * model_config.dim  # not the lookup
-        self.flops_per_step = self.tokens_per_step * flops_per_token(
-            matmul_params, model_config.n_layers, model_config.dim, config.seq_len
-        )
-        self.peak = peak_flops(jax.devices()[0])
-        self.pending = None
-        self.last_time = time.perf_counter()
-        self.last_metrics: dict = {}
-        self.skipped = 0
-        start = int(state.step)
-        self.done = start
-        self.progress = _progress_bar(config, start)
 
-    def step(self, batch: dict) -> None:
-        self.state, metrics = self.trainer.train_step(self.state, batch)
-        self.flush()
-        self.pending = (self.done + 1, metrics)
+def _resume(config, model_config, tokenizer, trainer, checkpointer, batches):
+    """(step, state) of the newest intact checkpoint this run can continue, or None."""
 
-    def flush(self) -> None:
-        """Reports the pending step: progress bar, NaN guard, logs."""
-        if self.pending is None:
-            return
-        step, metrics = self.pending
-        self.pending = None
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        elapsed, self.last_time = now - self.last_time, now
-        self.done = step
-        if not metrics.pop("finite"):
-            self._non_finite(step, metrics)
-        tokens_per_s = self.tokens_per_step / max(elapsed, 1e-9)
-        self.progress.update(1)
-        self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
-        if step % self.config.log_every and step != self.config.steps:
-            return
-        logged = {**metrics, "tokens_per_s": tokens_per_s, "step_time_s": elapsed}
-        if self.config.nan_policy == "skip":
-            logged["skipped_steps"] = self.skipped
-        if self.peak:
-            flops_per_s = self.flops_per_step / max(elapsed, 1e-9)
-            logged["mfu"] = flops_per_s / (self.peak * jax.device_count())
-        logged.update(memory_stats())
-        self.logger.log(step, logged)
-        self.last_metrics = logged
-
-    def evaluate(self, step: int, batches: list[dict]) -> None:
-        loss_sum = count = 0.0
-        for batch in batches:
-            s, n = jax.device_get(self.trainer.eval_loss_sums(self.state.params, batch))
-            loss_sum, count = loss_sum + float(s), count + float(n)
-        eval_loss = loss_sum / max(count, 1.0)
-        self.logger.log(step, {"eval_loss": eval_loss})
-        self.last_metrics = {**self.last_metrics, "eval_loss": eval_loss}
-        if jax.process_index() == 0:
-            self.progress.write(f"step {step}: eval loss {eval_loss:.4f}")
-
-    def _non_finite(self, step: int, metrics: dict) -> None:
-        what = f"loss {metrics['loss']}, grad norm {metrics['grad_norm']}"
-        if self.config.nan_policy == "stop":
-            raise FloatingPointError(
-                f"non-finite training step {step} ({what}); its update was not applied and no "
-                "checkpoint holds it. Lower learning_rate, check the data, or set "
-                "nan_policy=skip to skip such steps"
+    def check(step: int, saved: dict) -> None:
+        check_compatible(saved["model"], model_config)
+        _check_tokenizer(saved.get("tokenizer"), tokenizer, config.output_dir)
+        if config.steps < step:
+            raise ConfigError(
+                f"steps={config.steps} is below step {step} of the checkpoint in "
+                f"{config.output_dir}: nothing to do; ask for more steps to continue it, or start "
+                "over with --restart (or another output_dir)"
             )
-        self.skipped += 1
-        self.progress.write(f"step {step}: {what}; update skipped ({self.skipped} so far)")
 
-    def finished(self, steps: int) -> bool:
-        return self.done == steps
+    found = checkpointer.restore_latest(trainer.abstract_state, check)
+    if found is None:
+        return None
+    step, state, data_state, saved = found
+    before, now = saved["train"]["data"]["path"], config.to_dict()["data"]["path"]
+    if before != now:
+        warnings.warn(
+            f"resuming step {step} of {config.output_dir} with data.path={now!r}, but it was "
+            f"trained on {before!r}: the new data is read from its start",
+            stacklevel=2,
+        )
+    else:
+        batches.set_state(data_state)
+    return step, state
 
-    def close(self) -> None:
-        self.progress.close()
+
+def _check_tokenizer(saved, tokenizer, output_dir: str) -> None:
+    """The checkpoint's tokenizer (its sha256; older runs: the folder's copy) must be this one."""
+    if isinstance(saved, dict):
+        path, sha256 = saved["path"], saved["sha256"]
+    else:
+        path = os.path.join(output_dir, "tokenizer.model")
+        sha256 = _file_sha256(path)
+    if sha256 and sha256 != tokenizer.sha256:
+        raise ValueError(
+            f"the checkpoint in {output_dir} was trained with the tokenizer {path} (sha256 "
+            f"{sha256[:12]}), not {tokenizer.path} (sha256 {tokenizer.sha256[:12]}): resume with "
+            f"tokenizer={os.path.join(output_dir, 'tokenizer.model')} (its copy), or start over "
+            "with --restart (or another output_dir)"
+        )
+
+
+def _save_after_error(run, checkpointer, saved: int, data_state: dict, saved_config) -> None:
+    """Saves the last completed step before an error ends the run (single process: a save is
+    collective, and the other processes may not have failed)."""
+    if jax.process_count() > 1:
+        return
+    try:
+        run.flush()
+        if run.done > saved:
+            checkpointer.save(run.done, run.state, data_state, saved_config)
+            checkpointer.wait()
+            _print(f"error after step {run.done}: saved it in {checkpointer.directory}; fix "
+                   "the cause and run the same command to resume")  # fmt: skip
+    except Exception as error:  # the original error is what the user needs to see
+        _print(f"error after step {run.done}; could not save it either ({error})")
 
 
 def load_tokenizer(name_or_path: str):
@@ -223,7 +207,7 @@ def load_tokenizer(name_or_path: str):
     return demo_tokenizer() if name_or_path == "demo" else Tokenizer.load(name_or_path)
 
 
-def _batches(config: TrainConfig, tokenizer, trainer: Trainer, split: str) -> GlobalBatches:
+def _batches(config: TrainConfig, tokenizer, trainer: Trainer, split, sources) -> GlobalBatches:
     return GlobalBatches(
         config.data,
         tokenizer,
@@ -233,22 +217,35 @@ def _batches(config: TrainConfig, tokenizer, trainer: Trainer, split: str) -> Gl
         shards=config.data_shards,
         seed=config.seed,
         split=split,
+        sources=sources,
     )
 
 
-def _save_tokenizer(tokenizer, output_dir: str) -> str:
-    """Copies the tokenizer into the run folder (so the folder alone is enough to sample)."""
+def _save_tokenizer(tokenizer, output_dir: str) -> dict:
+    """Copies the tokenizer into the run folder (so the folder alone is enough to sample);
+    returns what the checkpoints record of it."""
     target = os.path.join(os.path.abspath(output_dir), "tokenizer.model")
-    if jax.process_index() == 0 and tokenizer.path and not os.path.exists(target):
+    if jax.process_index() == 0 and tokenizer.path and _file_sha256(target) != tokenizer.sha256:
         os.makedirs(output_dir, exist_ok=True)
-        shutil.copyfile(tokenizer.path, target)
-    return target
+        shutil.copyfile(tokenizer.path, target + ".tmp")
+        os.replace(target + ".tmp", target)
+    return {"path": target, "source": tokenizer.path, "sha256": tokenizer.sha256}
 
 
-def _clear_run(output_dir: str) -> None:
-    """--restart: removes the checkpoints and logs of a previous run in `output_dir`."""
+def _file_sha256(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _clear_run(output_dir: str, restart: bool) -> None:
+    """Removes the logs and tokenizer of an earlier run in `output_dir`, and with --restart its
+    checkpoints too."""
+    names = ["tb", "metrics.jsonl", "tokenizer.model", "config.yaml"]
+    names += ["checkpoints", DAMAGED_DIR] if restart else []
     if jax.process_index() == 0:
-        for name in ("checkpoints", "tb", "metrics.jsonl", "tokenizer.model"):
+        for name in names:
             path = os.path.join(output_dir, name)
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -267,20 +264,21 @@ def _announce(config, model_config, trainer, state, mesh, start) -> None:
         f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} "
         f"process(es); batch {config.batch_size} x {config.seq_len} tokens"
     )
+    data = config.data
+    _print(
+        f"settings: model={config.model} tokenizer={config.tokenizer} data.path={data.path} "
+        f"data.eval_fraction={data.eval_fraction} steps={config.steps} "
+        f"learning_rate={config.learning_rate:g} schedule={config.schedule} "
+        f"warmup_steps={config.warmup_steps} min_lr_ratio={config.min_lr_ratio:g} "
+        f"checkpoint_every={config.checkpoint_every} eval_every={config.eval_every} "
+        f"output_dir={config.output_dir} (all: {config.output_dir}/config.yaml)"
+    )
     _print(f"resuming from step {start}" if start else f"starting at step 0, seed {config.seed}")
     if jax.process_index() == 0:
         os.makedirs(config.output_dir, exist_ok=True)
         with open(os.path.join(config.output_dir, "config.yaml"), "w") as f:
             model = dataclasses.asdict(model_config)
             yaml.safe_dump({"train": config.to_dict(), "model": model}, f, sort_keys=False)
-
-
-def _progress_bar(config: TrainConfig, start: int):
-    from tqdm import tqdm
-
-    enabled = config.progress and jax.process_index() == 0
-    return tqdm(total=config.steps, initial=start, disable=not enabled, dynamic_ncols=True,
-                unit="step")  # fmt: skip
 
 
 def _every(step: int, interval: int) -> bool:
