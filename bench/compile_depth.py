@@ -96,6 +96,8 @@ def section(results: dict) -> str:
             for w in ("logits", "train_step", "decode_loop")
         ]
         lines.append(f"| {row['layers']} | " + " | ".join(cells) + " |")
+    if results.get("note"):
+        lines.append(f"\n{results['note']}")
     if results.get("plot"):
         lines.append(f"\n![compile time against depth]({results['plot']})")
     return "\n".join(lines) + "\n"
@@ -128,11 +130,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget-s", type=float, default=900.0, help="skip depths after this")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--docs", type=Path, default=ROOT / "docs")
+    ap.add_argument("--note", default="", help="conditions of the run, shown under the table")
     args = ap.parse_args(argv)
     results = {
         "config": args.config,
         "machine": describe(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "note": args.note,
         "rows": [],
     }
     # Warm-up (not recorded): the first compilations of a process also pay one-time setup.

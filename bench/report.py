@@ -556,6 +556,20 @@ def write(results_dir: Path, docs: Path) -> Path:
         path = results_dir / f"{name}.json"
         if path.exists():
             parts.append(render(json.loads(path.read_text()), docs))
+    depth = results_dir / "compile_depth.json"  # written by bench/compile_depth.py
+    if depth.exists():
+        from bench import compile_depth
+
+        parts.append(compile_depth.section(json.loads(depth.read_text())))
+    for quality in sorted(results_dir.glob("quality-*.json")):  # written by bench/quality.py
+        from bench import quality as quality_bench
+
+        parts.append(quality_bench.section(json.loads(quality.read_text())))
+    context = results_dir / "context_parallel.json"  # written by bench/context_parallel.py
+    if context.exists():
+        from bench import context_parallel
+
+        parts.append(context_parallel.section(json.loads(context.read_text())))
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out
