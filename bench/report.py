@@ -570,6 +570,10 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import context_parallel
 
         parts.append(context_parallel.section(json.loads(context.read_text())))
+    for quality in sorted(results_dir.glob("quality-*.json")):  # written by bench/quality.py
+        from bench import quality as quality_bench
+
+        parts.append(quality_bench.section(json.loads(quality.read_text())))
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out
