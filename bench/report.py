@@ -561,10 +561,6 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import compile_depth
 
         parts.append(compile_depth.section(json.loads(depth.read_text())))
-    for quality in sorted(results_dir.glob("quality-*.json")):  # written by bench/quality.py
-        from bench import quality as quality_bench
-
-        parts.append(quality_bench.section(json.loads(quality.read_text())))
     context = results_dir / "context_parallel.json"  # written by bench/context_parallel.py
     if context.exists():
         from bench import context_parallel
