@@ -226,11 +226,13 @@ def start_decode(
     if (max_new < 0).any():
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     buffer = buffer or max(int(max_new.max()), 1)
-    need = np.asarray(cache.lengths) + max_new
+    # The last new token is returned, never fed back: it needs no cache position.
+    need = np.asarray(cache.lengths) + np.maximum(max_new - 1, 0)
     if need.max() > cache_max_len(cache):
         raise ValueError(
-            f"prompt + max_new_tokens reaches {int(need.max())} positions, beyond the cache's "
-            f"{cache_max_len(cache)}: pass a larger max_len or fewer max_new_tokens"
+            f"prompt + max_new_tokens - 1 (the last new token takes no cache position) reaches "
+            f"{int(need.max())} positions, beyond the cache's {cache_max_len(cache)}: pass a "
+            "larger max_len or fewer max_new_tokens"
         )
     return DecodeState(
         cache=cache,
@@ -405,17 +407,18 @@ def generate(
     if cache is None:
         rows = buckets.batch_size(n)
         context = max_len or buckets.seq_len(longest + max_new_tokens)
-        if longest + max_new_tokens > context:
+        if longest + max_new_tokens - 1 > context:  # the last new token needs no position
             raise ValueError(
-                f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} does not fit the "
-                f"context max_len={context}: shorten the prompt or raise max_len"
+                f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} - 1 (the last new "
+                f"token takes no cache position) does not fit the context max_len={context}: "
+                "shorten the prompt or raise max_len"
             )
     else:
         rows = cache.lengths.shape[0]
         if n != rows:
             raise ValueError(f"{n} prompts for a cache of {rows} rows: give one per cache row")
         need = int(np.max(np.asarray(cache.lengths)[:n] + [len(p) for p in token_lists]))
-        need += max_new_tokens
+        need += max_new_tokens - 1  # the last new token needs no cache position
         cache = jax.tree.map(jnp.copy, cache)  # the caller's cache stays usable
         if need > cache_max_len(cache):
             cache = grow_cache(cache, max_len or buckets.seq_len(need))
