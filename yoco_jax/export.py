@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import sys
+import warnings
 from pathlib import Path
 
 import flax.linen as nn
@@ -198,6 +199,7 @@ def main(argv=None):
     parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
     parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
     args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, *_, **__: f"{parser.prog}: warning: {message}\n"
     from yoco_jax.api import load_pretrained
     from yoco_jax.inference.tokenizer import find_tokenizer
 

@@ -21,6 +21,7 @@ import os
 import resource
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -252,6 +253,8 @@ def run(args, out=None, err=None) -> None:
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
+    # One line per warning (e.g. a damaged checkpoint step skipped), not the source location.
+    warnings.formatwarning = lambda message, *_, **__: f"infer.py: warning: {message}\n"
     compile_cache.enable(args.no_compile_cache)
     try:
         run(args)
