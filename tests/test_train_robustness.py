@@ -315,7 +315,8 @@ def test_the_documented_defaults_are_what_train_py_and_a_config_file_use():
             continue
         names = [k.strip(" `") for k in keys.split(",")]
         for column, config in ((on_command_line, command_line), (in_a_file, config_file)):
-            values = [v.strip(" `") for v in column.split(",")]
+            values = column.split(",") if len(names) > 1 else [column]
+            values = [v.strip(" `") for v in values]
             for name, value in zip(names, values):
                 section, _, field = name.partition(".")
                 actual = getattr(config.data, field) if section == "data" else getattr(config, name)

@@ -12,6 +12,7 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 
 import argparse
 import os
+import warnings
 
 from yoco_jax import compile_cache, distributed
 
@@ -35,6 +36,8 @@ def main(argv=None):
     from yoco_jax.train.loop import train
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    # Warnings (skipped data, a damaged checkpoint step, ...) as one line each, like the errors.
+    warnings.formatwarning = lambda message, *_: f"train.py: warning: {message}\n"
     try:
         train(load_train_config(args.config, args.overrides), restart=args.restart)
     except ConfigError as error:  # a bad key or value: the message says which and what to do
