@@ -153,7 +153,7 @@ def section(res: dict) -> str:
     recent = np.mean([a - b for (_, a), (_, b) in zip(y["eval"][-last:], t["eval"][-last:])])
     return "\n".join([
         title(res), "",
-        f"`{res['command']}` on {res['device']} ({res['date']}): the demo YOCO "
+        f"`{res['command'].strip()}` on {res['device']} ({res['date']}): the demo YOCO "
         f"({y['params'] / 1e6:.2f}M parameters) and a Transformer of the same width, depth and "
         f"heads with a wider FFN ({t['params'] / 1e6:.2f}M), each trained {res['steps']} steps "
         f"on the same {res['train_tokens'] / 1e6:.2f}M tokens of `{res['data']}`"
@@ -164,7 +164,8 @@ def section(res: dict) -> str:
         f"Transformer held-out loss: {final:+.4f} nats/token at the end, {recent:+.4f} "
         f"averaged over the last {last} evaluations. A run this short on a tiny model says "
         "little about the paper's claim at scale (YOCO matches the Transformer from 160M to "
-        "13B parameters); rerun with a larger `--steps` on a GPU for a real comparison.", "",
+        "13B parameters); rerun with a larger `--steps` on a GPU for a real comparison."
+        + (f" Note: {res['note']}" if res.get("note") else ""), "",
         "| step | YOCO eval loss | Transformer eval loss |", "|---|---|---|", *rows, "",
         f"![held-out loss, YOCO and Transformer](bench-quality-{res['backend']}.png)", "",
     ])  # fmt: skip
@@ -177,8 +178,9 @@ def write_docs(res: dict, docs: Path) -> None:
     text = section(res)
     old = doc.read_text() if doc.exists() else ""
     pattern = re.compile(re.escape(title(res)) + r".*?(?=^## |\Z)", re.S | re.M)
+    text = text.rstrip("\n") + "\n\n"
     new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    doc.write_text(new)
+    doc.write_text(new.rstrip("\n") + "\n")
 
 
 def _shown(argv: list[str]) -> list[str]:
@@ -207,6 +209,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="default: bench/results/quality-<backend>.json")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="'' to leave docs/ alone")
     parser.add_argument("--render", nargs="+", help="only rewrite the docs from results JSONs")
+    parser.add_argument("--note", help="a remark for the docs (e.g. how busy the machine was)")
     args = parser.parse_args(argv)
     if args.render:
         for path in args.render:
@@ -226,6 +229,7 @@ def main(argv=None) -> dict:
         "command": " ".join(["python -m bench.quality", *_shown(argv or [])]),
         "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
         "python": platform.python_version(),  # "stdlib" is this interpreter's library
+        "note": args.note,
         "date": time.strftime("%Y-%m-%d"),
         "data": args.data, "steps": args.steps, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "learning_rate": args.learning_rate,
