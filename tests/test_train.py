@@ -371,7 +371,9 @@ def test_sigterm_then_sigkill_then_resume_gives_the_uninterrupted_run(
     (unfinished / "state" / "partial").write_bytes(b"cut off")
     output = _finish(_start(compile_cache, tmp_path))
     assert f"resuming from step {checkpoint}\n" in output, output
-    # Bit for bit: every step's loss and the final parameters.
+    # Bit for bit: every step's loss and the final parameters; each step logged once (the rows
+    # the killed run wrote past its last checkpoint were dropped on resume).
+    assert [r["step"] for r in _records(tmp_path) if "loss" in r] == list(range(1, STEPS + 1))
     assert _losses(tmp_path) == uninterrupted[2]
     _, params = load_params(str(tmp_path))
     _, reference = load_params(str(uninterrupted[0]))
