@@ -198,6 +198,13 @@ def test_flipped_checkpoint_bits_never_load_silently(finished, tmp_path, corpus)
     assert (run / "damaged-checkpoints" / "4").is_dir()
 
 
+def test_loading_a_folder_without_checkpoints_creates_nothing(corpus):
+    before = sorted(os.listdir(corpus))
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        load_params(str(corpus))
+    assert sorted(os.listdir(corpus)) == before  # no empty checkpoints/ left behind
+
+
 def test_a_deleted_latest_checkpoint_falls_back_and_each_step_is_logged_once(
     finished, tmp_path, corpus
 ):
