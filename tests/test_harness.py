@@ -43,8 +43,13 @@ def ckpt(model, tmp_path_factory):
     return path
 
 
-def log_probs(model, tokens):
-    return np.asarray(jax.nn.log_softmax(model.logits(np.array([tokens]))[0], axis=-1))
+def log_probs(model, tokens, width=64):
+    """Full-forward log-probs [len(tokens), V]; right-padded to `width` (causal: the padding
+    changes nothing before it) so every call shares one compilation."""
+    padded = np.zeros((1, max(width, len(tokens))), np.int32)
+    padded[0, : len(tokens)] = tokens
+    logits = model.logits(padded)[0, : len(tokens)]
+    return np.asarray(jax.nn.log_softmax(logits, axis=-1))
 
 
 def direct_loglikelihood(model, tok, context, continuation):
