@@ -38,7 +38,7 @@ def context_size() -> int:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or AXIS not in mesh.axis_names:
         return 1
-    if mesh._name_to_type[AXIS] == jax.sharding.AxisType.Manual:
+    if mesh.axis_types[mesh.axis_names.index(AXIS)] == jax.sharding.AxisType.Manual:
         return 1
     return mesh.shape[AXIS]
 
