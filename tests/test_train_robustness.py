@@ -222,14 +222,13 @@ def test_a_deleted_latest_checkpoint_falls_back_and_each_step_is_logged_once(
         train(_config(run, corpus, "steps=2"))
 
 
-# Defects 6 and 3: a data error after step 1; a folder left by a run that never checkpointed ----
+# Defects 6, 7 and 3: a data error after step 1 on a single-file corpus; a folder left by a run
+# that never checkpointed ----------------------------------------------------------------------
 
 
-def test_a_data_error_mid_run_saves_a_checkpoint_first(tmp_path, other_tokenizer):
-    data = tmp_path / "data"
-    data.mkdir()
-    for i in range(4):
-        (data / f"doc{i}.txt").write_text(f"tiny document number {i}\n")
+def test_a_data_error_mid_run_saves_a_checkpoint_first(tmp_path, other_tokenizer, capsys):
+    data = tmp_path / "only.txt"  # a single text file, with the default data.eval_fraction
+    data.write_text("one tiny document, read over and over\n")
     output_dir = tmp_path / "run"
     output_dir.mkdir()  # what a run killed before its first checkpoint leaves
     shutil.copyfile(other_tokenizer.path, output_dir / "tokenizer.model")
@@ -240,19 +239,20 @@ def test_a_data_error_mid_run_saves_a_checkpoint_first(tmp_path, other_tokenizer
         deadline = time.time() + 300
         while time.time() < deadline:
             if metrics.exists() and any(r["step"] in (2, 3) for r in _rows(output_dir)):
-                (data / "doc3.txt").write_bytes("caf\xe9".encode("latin-1"))
+                data.write_bytes("caf\xe9".encode("latin-1"))
                 return
             time.sleep(0.01)
 
     thread = threading.Thread(target=corrupt_once_past_step_2, daemon=True)
     thread.start()
-    config = _config(output_dir, data, "steps=500", "checkpoint_every=0",
-                     "data.eval_fraction=0")  # fmt: skip
-    with pytest.raises(ValueError, match="doc3.txt changed since training started"):
-        train(config)
+    with pytest.raises(ValueError, match="only.txt changed since training started"):
+        train(_config(output_dir, data, "steps=500", "checkpoint_every=0"))
     thread.join(timeout=1)
+    output = capsys.readouterr().out
+    assert "data.eval_fraction=0.01 holds out no document" in output  # trains, without eval
     steps = Checkpointer(str(output_dir)).all_steps()
     assert len(steps) == 1 and steps[0] >= 2  # checkpoint_every=0: only the save on error
+    assert f"error after step {steps[0]}: saved it in" in output
     _, params = load_params(str(output_dir))
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
     saved = hashlib.sha256((output_dir / "tokenizer.model").read_bytes()).hexdigest()

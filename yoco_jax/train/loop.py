@@ -63,8 +63,9 @@ def _train(config: TrainConfig, model_config, tokenizer) -> dict:
     held_out = config.data.eval_fraction > 0 and eval_documents(sources, config.data.eval_fraction)
     if config.data.eval_fraction > 0 and not held_out:
         _print(
-            f"note: data.eval_fraction={config.data.eval_fraction} holds out no document of a "
-            "single-document corpus: no held-out loss (data.eval_fraction=0 silences this)"
+            f"note: data.eval_fraction={config.data.eval_fraction} holds out no document (a "
+            "source of one document keeps it for training): no held-out loss "
+            "(data.eval_fraction=0 silences this)"
         )
     eval_batches = (
         _batches(config, tokenizer, trainer, "eval", sources).take(config.eval_batches)
@@ -92,7 +93,7 @@ def _train(config: TrainConfig, model_config, tokenizer) -> dict:
         return {}
     stop = StopSignal()
     run = Run(config, model_config, trainer, state, logger)
-    saved = start
+    saved, data_state = start, None
     try:
         for step in range(start, config.steps):
             data_state = batches.get_state()  # before the batch: what a save after an error needs
@@ -188,7 +189,7 @@ def _check_tokenizer(saved, tokenizer, output_dir: str) -> None:
 def _save_after_error(run, checkpointer, saved: int, data_state: dict, saved_config) -> None:
     """Saves the last completed step before an error ends the run (single process: a save is
     collective, and the other processes may not have failed)."""
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 or data_state is None:
         return
     try:
         run.flush()
