@@ -86,7 +86,9 @@ class Trainer:
         """One optimizer step on a global batch (dict of [B, T] arrays); `state` is donated.
 
         Metrics (replicated scalars): loss (token mean), grad_norm (before clipping),
-        learning_rate, tokens (counted targets), finite (False: the update was skipped).
+        learning_rate (schedule(step), the rate applied), tokens (counted targets), finite
+        (False: the update was skipped; the step still advances, so the schedule goes on, while
+        Adam's moments and bias-correction count stay those of the updates applied).
         """
         with sharding.use_mesh(self.mesh):
             return self._train_jit(state, batch)
