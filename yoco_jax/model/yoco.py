@@ -85,7 +85,10 @@ class YOCO(LanguageModel):
         k, v = self.cross_decoder.project_kv(x, positions)
         if context_parallel.context_size() > 1:  # one gather of the global K/V for all layers
             k, v, kv_pos = context_parallel.gather_kv(k, v, positions)
-            return self.layer_norm(self.cross_decoder(x, positions, k, v, None, kv_pos))
+            # Zig-zag order for the cross-decoder (per token but for attention): equal causal work.
+            x, positions = map(context_parallel.balance, (x, positions))
+            x = self.cross_decoder(x, positions, k, v, None, kv_pos)
+            return self.layer_norm(context_parallel.unbalance(x))
         return self.layer_norm(self.cross_decoder(x, positions, k, v))
 
     def extend(

@@ -11,6 +11,10 @@ positions [i * T/n, (i + 1) * T/n). Shapes below are global; `n` is the axis siz
   values (a halo by `ppermute`), so windows that cross a slice boundary are exact.
 - `gather_kv` + `cross_attention`: the cross-decoder's ONE global K/V is all-gathered once per
   step and every cross layer attends its local queries to it (causal by global position).
+  Attention here is blocked (yoco_jax.ops.blocked_attention): each half of a device's queries
+  walks only the key blocks up to its last position, never the [T/n, T] scores.
+- `balance` / `unbalance`: the cross-decoder's tokens in zig-zag order (device i holds half
+  slices i and 2n-1-i), so that every device does the same causal work; see docs/training.md.
 - `cache_attention`: decoding against a K/V cache that stays split along its length.
 
 All of it is differentiable jax, so the backward passes are exact (all_gather transposes to a
@@ -24,13 +28,15 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
-from yoco_jax.ops.attention import masked_attention, position_mask
+from yoco_jax.ops.attention import position_mask
+from yoco_jax.ops.blocked_attention import blocked_attention
 from yoco_jax.ops.retention import chunkwise_retention
 
 AXIS = "context"
 f32 = jnp.float32
 SPLIT = P(None, AXIS)  # [B, T, ...] split along T; other dims left to the automatic axes
 WHOLE = P()
+BLOCK_KEYS = 512  # keys per block of the blocked attention (fewer when the keys are fewer)
 
 
 def context_size() -> int:
@@ -144,16 +150,27 @@ def window_attention(
 
     def local(q, k, v, pos):
         if hops == 0:
-            return masked_attention(q, k, v, position_mask(pos, pos, window))
+            return _by_halves(q, pos, k, v, pos, window)
         keep = min(window - 1, hops * local_len)  # halo entries that can be in a window
         halo = lambda x: _halo(x, hops)[:, -keep:]
         # Positions travel as pos + 1 so that a missing slice (zeros) arrives as -1: empty.
         kv_pos = jnp.concatenate([halo(pos + 1) - 1, pos], axis=1)
         keys = jnp.concatenate([halo(k), k], axis=1)
         values = jnp.concatenate([halo(v), v], axis=1)
-        return masked_attention(q, keys, values, position_mask(pos, kv_pos, window))
+        return _by_halves(q, pos, keys, values, kv_pos, window)
 
     return _shard(local, (SPLIT,) * 4, SPLIT)(q, k, v, positions)
+
+
+def _by_halves(q, pos, k, v, kv_pos, window=None):
+    """Blocked attention of each half of the local queries on its own, so that each half skips
+    the key blocks past its own last position (the two zig-zag halves differ most)."""
+    t = q.shape[1]
+    parts = [slice(None)] if t % 2 else [slice(None, t // 2), slice(t // 2, None)]
+    block = min(BLOCK_KEYS, t // len(parts))  # no coarser than the queries: skips stay exact
+    attend = lambda s: blocked_attention(q[:, s], k, v, pos[:, s], kv_pos, window=window,
+                                         block_keys=block)  # fmt: skip
+    return jnp.concatenate([attend(s) for s in parts], axis=1)
 
 
 def gather_kv(
@@ -182,11 +199,69 @@ def cross_attention(
     check_length(q.shape[1])
 
     def local(q, pos, k, v, kv_pos):
-        return masked_attention(q, k, v, position_mask(pos, kv_pos))
+        # The whole K/V is invariant over the axis; typed varying here, so the gradients each
+        # slice computes for it are summed over the axis (the transpose of the cast is a psum).
+        k, v, kv_pos = (jax.lax.pcast(x, AXIS, to="varying") for x in (k, v, kv_pos))
+        return _by_halves(q, pos, k, v, kv_pos)
 
     return _shard(local, (SPLIT, SPLIT, WHOLE, WHOLE, WHOLE), SPLIT)(
         q, positions, k, v, kv_positions
     )
+
+
+def _route(x, source):
+    """Moves halves of slices between devices: half s of device i becomes half source(i, s)[1]
+    of device source(i, s)[0]. x [B, T/n, ...] per device, T/n even; one ppermute per
+    (source half, target half), so each half crosses the axis once."""
+    n, i, h = jax.lax.axis_size(AXIS), jax.lax.axis_index(AXIS), x.shape[1] // 2
+    halves = (x[:, :h], x[:, h:])
+    out = []
+    for s in (0, 1):
+        got = [
+            jax.lax.ppermute(
+                halves[p], AXIS, [(source(d, s)[0], d) for d in range(n) if source(d, s)[1] == p]
+            )  # fmt: skip
+            for p in (0, 1)
+        ]
+        from_first = jnp.asarray([source(d, s)[1] == 0 for d in range(n)])[i]
+        out.append(jnp.where(from_first, got[0], got[1]))
+    return jnp.concatenate(out, axis=1)
+
+
+def _zigzag(n: int, i: int, s: int) -> tuple[int, int]:
+    """Where the zig-zag layout's half s of device i lives in the contiguous one: half slice
+    c (of 2n) is half c % 2 of device c // 2; device i holds half slices i and 2n - 1 - i."""
+    return divmod(i if s == 0 else 2 * n - 1 - i, 2)
+
+
+def _contiguous(n: int, d: int, s: int) -> tuple[int, int]:
+    """The inverse of `_zigzag`: where half slice 2d + s sits in the zig-zag layout."""
+    c = 2 * d + s
+    return (c, 0) if c < n else (2 * n - 1 - c, 1)
+
+
+def balanced(t: int) -> bool:
+    """Whether `balance` reorders a length-t sequence (it needs an even slice length)."""
+    n = context_size()
+    return n > 1 and t % (2 * n) == 0
+
+
+def balance(x: Array) -> Array:
+    """x [B, T, ...] split over the axis, reordered so that device i holds the half slices i and
+    2n - 1 - i (zig-zag): every device then has as many causal (query, key) pairs. Unchanged
+    where `balanced` is false. Positions must travel with the tokens (balance them too)."""
+    if not balanced(x.shape[1]):
+        return x
+    n = context_size()
+    return _shard(lambda x: _route(x, lambda d, s: _zigzag(n, d, s)), (SPLIT,), SPLIT)(x)
+
+
+def unbalance(x: Array) -> Array:
+    """The inverse of `balance`: back to contiguous slices."""
+    if not balanced(x.shape[1]):
+        return x
+    n = context_size()
+    return _shard(lambda x: _route(x, lambda d, s: _contiguous(n, d, s)), (SPLIT,), SPLIT)(x)
 
 
 def cache_attention(
