@@ -106,6 +106,24 @@ def test_context_size_reads_the_mesh():
         assert context_parallel.context_size() == 4
 
 
+@pytest.mark.parametrize("n", [2, 8])
+def test_balance_gives_device_i_the_half_slices_i_and_2n_minus_1_minus_i(n):
+    """The zig-zag order of the cross-decoder (equal causal work per device), and back."""
+    t = 4 * n  # half slices of 2
+    x = np.arange(2 * t).reshape(2, t)
+    mesh = sharding.make_mesh({"context": n, "data": -1})
+    with sharding.use_mesh(mesh):
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "context"))
+        zigzag = jax.jit(context_parallel.balance)(jax.device_put(x, split))
+        back = jax.jit(context_parallel.unbalance)(zigzag)
+    halves = np.split(x, 2 * n, axis=1)
+    want = np.concatenate(
+        [np.concatenate([halves[i], halves[2 * n - 1 - i]], 1) for i in range(n)], 1
+    )
+    np.testing.assert_array_equal(zigzag, want)
+    np.testing.assert_array_equal(back, x)
+
+
 # Prefill and decode ------------------------------------------------------------------------------
 
 PROMPT_LENGTHS = np.array([40, 13, 27, 1])  # mixed lengths, right-padded to 40
