@@ -25,7 +25,7 @@ class Linear(nn.Module):
     """y = x @ kernel, kernel `[in, out]` (the official weight transposed), no bias."""
 
     features: int
-    axes: tuple[str, str]
+    axes: tuple[str | None, str | None]
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = default_init

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from yoco_jax import sharding
-from yoco_jax.train.loss import cross_entropy_sums
+from yoco_jax.train.context_loss import cross_entropy_sums
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "loss_mask")
 
