@@ -72,7 +72,7 @@ def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = N
             tokens = tokenizer.encode(p.prompt)
         else:
             tokens = p.prompt
-            if min(tokens) < 0 or max(tokens) >= vocab:
+            if tokens and (min(tokens) < 0 or max(tokens) >= vocab):
                 raise ApiError(f"token ids must lie in [0, {vocab})", "prompt", "invalid_value")
         req = Request(tokens, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop,
                       prefix)  # fmt: skip

@@ -9,6 +9,7 @@ last token only) and no chunk past the prompt's end.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -89,11 +90,12 @@ class RowPrefill:
             self.cache, self.fresh = init_cache(model.config, 1, cols), True
             self.last = jnp.zeros((1, model.config.vocab_size), jnp.float32)
         else:
-            self.cache, self.fresh = fit_cache(prefix[0], cols), False
-            last = prefix[1]
+            # Copies: the chunks donate the cache and logits, the store keeps the originals.
+            self.cache = jax.tree.map(jnp.copy, fit_cache(prefix[0], cols))
+            self.fresh, last = False, prefix[1]
             if last is None:
                 last = jnp.zeros((1, model.config.vocab_size), jnp.float32)
-            self.last = jnp.asarray(last, jnp.float32)[:1]
+            self.last = jnp.array(last[:1], jnp.float32, copy=True)
 
     @property
     def done(self) -> bool:

@@ -73,14 +73,13 @@ def _number(body, name, default):
     return float(x)
 
 
-def _prompt(x):
+def _prompt(x, cached: bool):
+    """Text or ids; empty only after a prompt cache (which then continues by itself)."""
     if isinstance(x, list) and len(x) == 1 and isinstance(x[0], (str, list)):
         x = x[0]  # a batch of one
-    if isinstance(x, str):
-        if not x:
-            raise ApiError("prompt is empty: give some text or token ids", "prompt", "empty")
-        return x
-    if isinstance(x, list) and x and all(type(t) is int for t in x):
+    if isinstance(x, (str, list)) and not x and not cached:
+        raise ApiError("prompt is empty: give some text or token ids", "prompt", "empty")
+    if isinstance(x, str) or (isinstance(x, list) and all(type(t) is int for t in x)):
         return x
     raise ApiError("prompt must be a non-empty string or a non-empty list of token ids "
                    "(one prompt per request)", "prompt", "invalid_type")  # fmt: skip
@@ -129,8 +128,9 @@ def parse_completion(body) -> CompletionParams:
     for name in ("cache", "model", "user"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise ApiError(f"{name} must be a string", name, "invalid_type")
+    prompt = _prompt(body["prompt"], body.get("cache") is not None)
     return CompletionParams(
-        prompt=_prompt(body["prompt"]), max_tokens=_int(body, "max_tokens", 16, 1),
+        prompt=prompt, max_tokens=_int(body, "max_tokens", 16, 1),
         temperature=temperature, top_p=top_p, top_k=max(_int(body, "top_k", 0, -1), 0),
         seed=seed, stop=_stop(body.get("stop")), stream=body.get("stream", False),
         include_usage=options.get("include_usage", False), cache=body.get("cache"),
