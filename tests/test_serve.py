@@ -7,19 +7,18 @@ response is checked against `generate` for its prompt alone.
 import asyncio
 import functools
 import json
-import socket
 import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 import yoco_jax
 from yoco_jax.data import demo_tokenizer
 from yoco_jax.inference import generate, prefill, save_cache
 from yoco_jax.serve.app import create_app
+from yoco_jax.serve.background import BackgroundServer
 from yoco_jax.serve.engine import Engine, Request
 from yoco_jax.serve.prefix import PrefixStore
 
@@ -43,24 +42,10 @@ def expected(prompt, max_tokens, cache_file=None):
     return generate(model, prompt, max_tokens, tokenizer=tok, prefill_chunk=CHUNK, cache=cache)
 
 
-class Server:
-    """uvicorn in a thread on a socket bound here (so the port is known and free)."""
-
+class Server(BackgroundServer):
     def __init__(self, engine, cache_dir=None):
         self.engine = engine
-        app = create_app(engine, "tiny", PrefixStore(cache_dir, engine.model.config))
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-
-    def stop(self):  # what uvicorn does on SIGTERM
-        self.server.should_exit = True
-        self.thread.join(60)
+        super().__init__(create_app(engine, "tiny", PrefixStore(cache_dir, engine.model.config)))
 
 
 def new_engine(**kw):
@@ -138,6 +123,8 @@ def test_stream_concatenates_to_the_text_with_usage(server, stop):
     streamed = "".join(e["choices"][0]["text"] for e in events if e["choices"])
     text = plain["choices"][0]["text"]
     assert streamed == text
+    ids = sum((e["choices"][0].get("token_ids", []) for e in events if e["choices"]), [])
+    assert ids == plain["choices"][0]["token_ids"]
     if stop is None:
         assert text == want.text and plain["choices"][0]["finish_reason"] == want.finish_reason
     else:

@@ -88,14 +88,19 @@ def test_compilations_are_bounded_over_50_requests():
 def test_queue_limit_and_cancel():
     engine = Engine(tiny(), None, slots=1, max_len=MAX_LEN, prefill_chunk=CHUNK, queue_limit=2)
     events = []
-    reqs = [Request([5, 6, 7], 8, on_event=lambda k, d: events.append(k)) for _ in range(3)]
+    reqs = [Request([5, 6, 7], 8, on_event=lambda k, d, i=i: events.append((i, k, d)))
+            for i in range(3)]  # fmt: skip
     engine.submit(reqs[0])
     engine.submit(reqs[1])
     with pytest.raises(QueueFull):
         engine.submit(reqs[2])
     engine.cancel(reqs[0])
     engine.run_until_idle()
-    assert events == ["done"]  # only the second ran; the cancelled one said nothing
+    assert {i for i, _, _ in events} == {1}  # only the second ran; the cancelled one is silent
+    (_, last, result), deltas = events[-1], events[:-1]
+    assert last == "done" and len(result.tokens) == 8 and result.finish_reason == "length"
+    # Without a tokenizer the deltas carry the new ids (and empty text).
+    assert sum((d[1] for _, k, d in deltas), []) == result.tokens and result.text == ""
     with pytest.raises(ValueError, match="max-len"):
         engine.submit(Request([5] * 90, 7))
     with pytest.raises(ValueError, match="empty"):

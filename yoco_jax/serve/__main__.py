@@ -36,17 +36,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def warmup(engine) -> None:
-    """Compiles every prefill rung, the inserts and the decode block (a request per rung)."""
-    from yoco_jax.serve.engine import Request
-    from yoco_jax.serve.metrics import Metrics
-
-    for r in engine.rungs:
-        engine.submit(Request([3] * max(r - 1, 1), max_tokens=1))
-        engine.run_until_idle()
-    engine.metrics = Metrics(engine.slots)
-
-
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -57,28 +46,25 @@ def main(argv=None) -> None:
     except ImportError as e:
         parser.exit(2, f"{parser.prog}: error: {e}; pip install -e '.[serve]'\n")
     from yoco_jax.api import load_pretrained
-    from yoco_jax.config import ConfigError
-    from yoco_jax.errors import CheckpointError
+    from yoco_jax.cli.common import reported
     from yoco_jax.inference.tokenizer import find_tokenizer
     from yoco_jax.serve.engine import Engine
     from yoco_jax.serve.prefix import PrefixStore
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
+    with reported(parser.prog):  # exit 2 for bad input, 1 when the machine fails
         model = load_pretrained(args.checkpoint, **({"dtype": args.dtype} if args.dtype else {}))
         tokenizer = find_tokenizer(args.checkpoint, model.config.vocab_size, args.tokenizer)
         engine = Engine(model, tokenizer, slots=args.slots, max_len=args.max_len,
                         queue_limit=args.queue_limit, prefill_chunk=args.prefill_chunk,
                         block=args.block)  # fmt: skip
-    except (CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
     if tokenizer is None:
         print("no tokenizer: token-id prompts only (--tokenizer PATH)", file=sys.stderr)
     plan = engine.compile_plan()
     print(f"compiled shapes (at most): {plan} = {sum(plan.values())}; prompt rungs "
           f"{list(engine.rungs)}", file=sys.stderr)  # fmt: skip
     if args.warmup:
-        warmup(engine)
+        engine.warmup()
     prefixes = PrefixStore(args.cache_dir, model.config)
     app = create_app(engine, args.model_name or Path(args.checkpoint).resolve().name, prefixes)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")

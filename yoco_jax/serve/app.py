@@ -124,7 +124,7 @@ def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = N
             while True:
                 kind, data = await queue.get()
                 if kind == "delta":
-                    yield _sse(_chunk(meta, data, None))
+                    yield _sse(_chunk(meta, data[0], None, data[1]))
                     continue
                 if kind == "done":
                     yield _sse(_chunk(meta, "", data.finish_reason))

@@ -8,17 +8,15 @@ goes away), and the next waiting request takes its slot.
 
 The engine runs in its own thread (`start`); callers `submit` requests from any thread and
 receive events through each request's `on_event(kind, data)` callback, called on the engine
-thread: ("delta", text), then ("done", Result) or ("error", message).
+thread: ("delta", (text, new token ids)), then ("done", Result) or ("error", message).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -26,8 +24,11 @@ import numpy as np
 from yoco_jax.inference.generate import stop_array
 from yoco_jax.serve.metrics import Metrics
 from yoco_jax.serve.prefill import RowPrefill, ladder, prefill_plan
+from yoco_jax.serve.request import Request, Result
 from yoco_jax.serve.step import decode_block, init_slots, insert_row, request_key
 from yoco_jax.serve.text import TextStream
+
+__all__ = ["Closed", "Engine", "QueueFull", "Request", "Result"]
 
 log = logging.getLogger("yoco_jax.serve")
 
@@ -38,44 +39,6 @@ class QueueFull(Exception):
 
 class Closed(Exception):
     """The engine is draining or stopped and takes no new requests."""
-
-
-@dataclasses.dataclass(eq=False)
-class Request:
-    """One completion request. `prefix`: (one-row cache, last logits or None, its token count)
-    of a saved prompt cache to continue from."""
-
-    tokens: list[int]
-    max_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    prefix: tuple | None = None
-    on_event: Callable[[str, object], None] | None = None
-    cancelled: bool = False  # set by the client side (disconnect); the engine frees the slot
-    generated: list[int] = dataclasses.field(default_factory=list)
-    submitted_at: float = 0.0
-    first_token_at: float | None = None
-    text: TextStream | None = None
-
-    @property
-    def prefix_tokens(self) -> int:
-        return 0 if self.prefix is None else self.prefix[2]
-
-
-@dataclasses.dataclass
-class Result:
-    text: str
-    tokens: list[int]  # generated, without the stop token
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
-    prompt_tokens: int  # the prompt plus the reused prefix
-    cached_tokens: int  # of which came from a prompt cache file
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.tokens)
 
 
 class Engine:
@@ -142,6 +105,14 @@ class Engine:
         """(waiting requests, occupied slots)."""
         with self._cv:
             return len(self._waiting), len(self._live) + (self._pending is not None)
+
+    def warmup(self) -> None:
+        """Compiles every prompt rung's prefill, the inserts and the decode block (a one-token
+        request per rung, on this thread), then forgets them in the metrics."""
+        for r in self.rungs:
+            self.submit(Request([3] * max(r - 1, 1), max_tokens=1))
+            self.run_until_idle()
+        self.metrics = Metrics(self.slots)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="yoco-serve-engine", daemon=True)
@@ -275,11 +246,14 @@ class Engine:
         req.generated += new
         if finish is None and len(req.generated) >= req.max_tokens:
             finish = "length"
+        delta = ""
         if self.tokenizer is not None:
             delta, hit = req.text.update(req.generated, final=finish is not None)
             finish = "stop" if hit else finish
-            if delta:
-                self._emit(req, "delta", delta)
+        unsent = req.generated[req.sent :]  # ids go out with text, or alone without a tokenizer
+        if delta or (unsent and (self.tokenizer is None or finish is not None)):
+            self._emit(req, "delta", (delta, unsent))
+            req.sent = len(req.generated)
         if finish is not None:
             self._release(slot)
             text = "" if self.tokenizer is None else req.text.shown
