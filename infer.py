@@ -1,6 +1,6 @@
-"""Generate text with a YOCO checkpoint (see yoco_jax/inference/cli.py, or --help)."""
+"""Generate text with a YOCO checkpoint: `python infer.py --help` (the same as `yoco-infer`)."""
 
-from yoco_jax.inference.cli import main
+from yoco_jax.cli.infer import main
 
 if __name__ == "__main__":
     main()

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from yoco_jax import compile_cache
+from yoco_jax.cli.infer import main as infer_main
 from yoco_jax.cli.train import main as train_main
-from yoco_jax.inference.cli import main as infer_main
 
 COMPILE = (
     "from yoco_jax import compile_cache; path = compile_cache.enable(); "
@@ -53,7 +53,7 @@ def test_env_names_another_folder(tmp_path):
 @pytest.mark.parametrize("flag", [[], ["--no-compile-cache"]])
 def test_infer_cli_turns_it_on_unless_told_not_to(tmp_path, flag):
     """infer.py with a missing checkpoint fails (exit 2) after setting up the cache."""
-    args = ["-m", "yoco_jax.inference.cli", "--checkpoint", str(tmp_path / "none"), "--prompt", "x"]
+    args = ["-m", "yoco_jax.cli.infer", "--checkpoint", str(tmp_path / "none"), "--prompt", "x"]
     result = _python(tmp_path, args + flag)
     assert result.returncode == 2, result.stderr
     assert (tmp_path / "yoco-jax" / "jax-cache").exists() == (not flag)

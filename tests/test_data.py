@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from yoco_jax.cli import tokenizer as tokenizer_cli
+from yoco_jax.cli.prepare import main as prepare_main
 from yoco_jax.data import DataConfig, Tokenizer, demo_tokenizer, make_iterator, stdlib_corpus
-from yoco_jax.data import tokenizer as tokenizer_cli
 from yoco_jax.data.documents import DataWarning
 from yoco_jax.data.pipeline import held_out, split_indices
-from yoco_jax.data.prepare import main as prepare_main
 from yoco_jax.data.prepare import prepare
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "code", "yoco"]

@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 
 import yoco_jax  # noqa: E402
+from yoco_jax.cli import harness as harness_cli  # noqa: E402
 from yoco_jax.data import demo_tokenizer  # noqa: E402
-from yoco_jax.eval import harness  # noqa: E402
 
 ASSET = Path(yoco_jax.__file__).parent / "assets" / "demo_tokenizer.model"
 MAX_GEN = 12
@@ -119,7 +119,7 @@ def run(model, tok, ckpt, free_generations, tmp_path_factory):
                doc_to_target="{{answer}}", metric_list=[{"metric": "exact_match"}],
                generation_kwargs=settings)  # fmt: skip
     out = tmp_path_factory.mktemp("out")
-    results = harness.main([
+    results = harness_cli.main([
         "--checkpoint", str(ckpt), "--tasks", "yoco_mc,yoco_gen", "--include_path", str(tasks),
         "--batch_size", "16", "--output_path", str(out), "--log_samples",
     ])  # fmt: skip
@@ -191,7 +191,7 @@ def test_loglikelihood_rolling_is_exact_beyond_the_prefill_chunk(model, tok):
 
 def fails(argv, capsys) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        harness.main(argv)
+        harness_cli.main(argv)
     assert exit_info.value.code == 2
     return capsys.readouterr().err
 

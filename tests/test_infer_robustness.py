@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 import yoco_jax
+from yoco_jax.cli.export import main as export_main
+from yoco_jax.cli.infer import main as infer_main
 from yoco_jax.data import demo_tokenizer
-from yoco_jax.export import main as export_main
 from yoco_jax.inference import decode, generate, prefill, start_decode
-from yoco_jax.inference.cli import main as infer_main
 from yoco_jax.train.checkpoint import Checkpointer
 from yoco_jax.train.step import TrainState
 

@@ -268,7 +268,7 @@ def checkpoint(tmp_path_factory):
 
 
 def infer(argv, capsys):
-    from yoco_jax.inference.cli import main
+    from yoco_jax.cli.infer import main
 
     main(argv)
     return capsys.readouterr()

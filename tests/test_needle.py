@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import yoco_jax
+from yoco_jax.cli import needle as needle_cli
 from yoco_jax.data import demo_tokenizer
 from yoco_jax.eval import needle
 
@@ -134,7 +135,7 @@ def test_command_on_a_tiny_random_model(tmp_path, capsys):
     (tmp_path / "hay").mkdir()
     (tmp_path / "hay" / "long.txt").write_text(long_lines())
     out = tmp_path / "results" / "needle"
-    needle.main([
+    needle_cli.main([
         "--checkpoint", str(tmp_path / "ckpt"), "--lengths", "150,200", "--depths", "2",
         "--trials", "2", "--max-new-tokens", "4", "--needles", "1,2", "--out", str(out),
         "--haystack", str(tmp_path / "hay"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import yoco_jax
+from yoco_jax.cli import perplexity as perplexity_cli
 from yoco_jax.data import demo_tokenizer
 from yoco_jax.eval import perplexity
 
@@ -60,7 +61,7 @@ def test_command_equals_a_direct_full_forward(tok, tmp_path, capsys):
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     out = tmp_path / "ppl" / "curve"
-    results = perplexity.main([
+    results = perplexity_cli.main([
         "--checkpoint", str(tmp_path / "yoco"), "--compare", str(tmp_path / "other"),
         "--data", str(data), "--max-length", str(N), "--first", "8", "--prefill-chunk", "16",
         "--batch-size", "2", "--out", str(out),
@@ -91,7 +92,7 @@ def test_documents_shorter_than_max_length_are_a_clear_error(tmp_path, capsys):
     data = tmp_path / "short.txt"
     data.write_text("just a few words")
     with pytest.raises(SystemExit) as exit_info:
-        perplexity.main([
+        perplexity_cli.main([
             "--checkpoint", str(tmp_path / "ckpt"), "--data", str(data), "--max-length", "512",
         ])  # fmt: skip
     assert exit_info.value.code == 2

@@ -6,17 +6,15 @@ An official PyTorch state_dict (`*.pth`) is read when torch is installed. An exp
 the model's sentencepiece `tokenizer.model`, so the folder is complete for inference.
 
     python -m yoco_jax.export <training output or official folder> <new folder> [--dtype bfloat16]
+    (the command: yoco_jax/cli/export.py; this module only converts)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import stat
-import sys
-import warnings
 from pathlib import Path
 
 import flax.linen as nn
@@ -189,39 +187,7 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
     return config, from_state_dict(_read_weights(folder), template)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.export", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("source", help="a training output folder or an official-layout folder")
-    parser.add_argument("out", help="a new folder for params.json, model.safetensors, tokenizer")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
-    parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
-    args = parser.parse_args(argv)
-    warnings.formatwarning = lambda message, *_, **__: f"{parser.prog}: warning: {message}\n"
-    from yoco_jax.api import load_pretrained
-    from yoco_jax.inference.tokenizer import find_tokenizer
+if __name__ == "__main__":  # `python -m yoco_jax.export`: the command lives in yoco_jax/cli
+    from yoco_jax.cli.export import main
 
-    try:
-        check_export_target(args.out, args.force)  # before the (slow) load
-        model = load_pretrained(args.source)
-        if args.tokenizer:
-            model.tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
-        model.save_official(args.out, dtype=args.dtype, overwrite=args.force)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError, CheckpointError included
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    except OSError as e:  # the machine failed: permissions, disk full
-        parser.exit(1, f"{parser.prog}: error: {e}\n")
-    files = "params.json, model.safetensors" + (", tokenizer.model" if model.tokenizer else "")
-    print(f"wrote {args.out}: {files} ({args.dtype})")
-    if model.tokenizer is None:
-        print(
-            f"note: {args.source} has no tokenizer.model, so the export carries none; pass "
-            "--tokenizer PATH to include one (infer.py will need --tokenizer for text prompts)",
-            file=sys.stderr,
-        )
-
-
-if __name__ == "__main__":
     main()

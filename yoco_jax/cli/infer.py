@@ -1,4 +1,4 @@
-"""The `infer.py` command: generate from a checkpoint, streamed or in JSONL batches.
+"""The `infer.py` (`yoco-infer`) command: generate from a checkpoint, streamed or in JSONL batches.
 
     python infer.py --checkpoint runs/demo --prompt "def fib(n):" --max-new-tokens 64
     python infer.py --checkpoint runs/demo --prompt-file question.txt --temperature 0.8 --top-p 0.9
@@ -21,13 +21,14 @@ import os
 import resource
 import sys
 import time
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
 import jax
 
 from yoco_jax import compile_cache
+from yoco_jax.api import load_pretrained
+from yoco_jax.cli.common import one_line_warnings, reported
 from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, Buckets, generate
 from yoco_jax.inference.tokenizer import find_tokenizer, no_tokenizer_message
 
@@ -202,8 +203,6 @@ class _TextStream:
 
 
 def run(args, out=None, err=None) -> None:
-    from yoco_jax.api import load_pretrained
-
     out, err = out or sys.stdout, err or sys.stderr
     _check_paths(args)
     items = _read_prompts(args)
@@ -253,21 +252,10 @@ def run(args, out=None, err=None) -> None:
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    # One line per warning (e.g. a damaged checkpoint step skipped), not the source location.
-    warnings.formatwarning = lambda message, *_, **__: f"infer.py: warning: {message}\n"
+    one_line_warnings("infer.py")
     compile_cache.enable(args.no_compile_cache)
-    try:
+    with reported("infer.py", "lower --batch-size, --max-len, --max-new-tokens or --prefill-chunk"):
         run(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-        parser.exit(2, f"infer.py: error: {e}\n")  # ConfigError and CheckpointError included
-    except (OSError, MemoryError) as e:  # permissions, disk full, host out of memory
-        parser.exit(1, f"infer.py: error: {type(e).__name__}: {e}\n")
-    except jax.errors.JaxRuntimeError as e:
-        if "RESOURCE_EXHAUSTED" not in str(e):
-            raise
-        first = str(e).strip().splitlines()[0][:200]
-        parser.exit(1, f"infer.py: error: out of memory ({first}): lower --batch-size, "
-                    "--max-len, --max-new-tokens or --prefill-chunk\n")  # fmt: skip
 
 
 if __name__ == "__main__":

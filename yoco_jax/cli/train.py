@@ -11,10 +11,9 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
 import argparse
-import os
-import warnings
 
 from yoco_jax import compile_cache, distributed
+from yoco_jax.cli.common import one_line_warnings, reported
 
 
 def main(argv=None):
@@ -31,23 +30,15 @@ def main(argv=None):
     args = parser.parse_intermixed_args(argv)
     compile_cache.enable(args.no_compile_cache)
 
-    from yoco_jax.config import ConfigError
     from yoco_jax.train.config import load_train_config
     from yoco_jax.train.loop import train
 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    # Warnings (skipped data, a damaged checkpoint step, ...) as one line each, like the errors.
-    warnings.formatwarning = lambda message, *_: f"train.py: warning: {message}\n"
-    try:
+    one_line_warnings("train.py")
+    # A bad key, missing data, a mismatched checkpoint: exit 2; a non-finite loss, a full disk:
+    # exit 1. The message names the problem and the fix; the traceback only on request.
+    with reported("train.py"):
         train(load_train_config(args.config, args.overrides), restart=args.restart)
-    except ConfigError as error:  # a bad key or value: the message says which and what to do
-        parser.error(str(error))
-    except (OSError, ValueError, FloatingPointError) as error:
-        # Missing or empty data, a mismatched checkpoint, a non-finite loss: the message names
-        # the problem and the fix; the traceback only on request.
-        if os.environ.get("YOCO_TRACEBACK"):
-            raise
-        parser.exit(1, f"train.py: error: {error}\n(YOCO_TRACEBACK=1 shows the traceback)\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ and counts documents and tokens; `DataConfig(path=<folder>)` reads the folder ba
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections.abc import Sequence
@@ -94,27 +93,7 @@ def prepare(
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m yoco_jax.data.prepare", description=__doc__)
-    parser.add_argument("--input", nargs="+", required=True, help="files, folders, globs, ...")
-    parser.add_argument("--tokenizer", required=True, help="sentencepiece .model file")
-    parser.add_argument("--out", required=True, help="new or empty output folder")
-    parser.add_argument("--kind", default="auto", choices=["auto", "text", "jsonl", "official"])
-    parser.add_argument("--shard-documents", type=int, default=65536)
-    args = parser.parse_args(argv)
-    data = args.input[0] if len(args.input) == 1 else args.input
-    manifest = prepare(
-        data,
-        Tokenizer.load(args.tokenizer),
-        args.out,
-        kind=args.kind,
-        shard_documents=args.shard_documents,
-    )
-    print(
-        f"wrote {args.out}: {manifest['num_documents']} documents, "
-        f"{manifest['num_tokens']} tokens in {len(manifest['sources'])} source(s)"
-    )
+if __name__ == "__main__":  # the command lives in yoco_jax/cli/prepare.py
+    from yoco_jax.cli.prepare import main
 
-
-if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""SentencePiece tokenizer with fixed special ids, and the command that trains one.
+"""SentencePiece tokenizer with fixed special ids (the command that trains one: yoco_jax/cli).
 
 Models trained here use pad 0, eos 1, bos 2, unk 3 (the same ids at training and at inference),
 byte fallback (any text encodes, nothing maps to unk), and no text normalization: whitespace,
@@ -9,7 +9,6 @@ indentation and newlines survive `decode(encode(text)) == text`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import os
@@ -165,25 +164,7 @@ def _sentences(texts: Iterator[str]) -> Iterator[str]:
                 yield line
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m yoco_jax.data.tokenizer")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a sentencepiece model")
-    train.add_argument("--input", nargs="+", required=True, help="files, folders, globs, stdlib")
-    train.add_argument("--vocab-size", type=int, required=True)
-    train.add_argument("--out", required=True, help="output prefix: writes <out>.model")
-    train.add_argument("--model-type", default="bpe", choices=["bpe", "unigram"])
-    train.add_argument("--max-sentences", type=int, default=2_000_000)
-    args = parser.parse_args(argv)
-    tokenizer = Tokenizer.train(
-        args.input,
-        args.vocab_size,
-        args.out,
-        model_type=args.model_type,
-        max_sentences=args.max_sentences,
-    )
-    print(f"wrote {tokenizer.path} (vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]})")
+if __name__ == "__main__":  # the command lives in yoco_jax/cli/tokenizer.py
+    from yoco_jax.cli.tokenizer import main
 
-
-if __name__ == "__main__":
     main()

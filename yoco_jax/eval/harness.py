@@ -10,11 +10,8 @@ docs/evaluation.md for several hosts).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-
-from yoco_jax.errors import CheckpointError, ConfigError
 
 INSTALL_HINT = "pip install -e '.[eval]'"
 
@@ -90,53 +87,7 @@ def write_results(results: dict, out: Path, log_samples: bool) -> list[Path]:
     return written
 
 
-def _limit(text: str) -> float:
-    value = float(text)
-    return int(value) if value.is_integer() else value
+if __name__ == "__main__":  # the command lives in yoco_jax/cli/harness.py
+    from yoco_jax.cli.harness import main
 
-
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.eval.harness", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--checkpoint", required=True, help="training output or official folder")
-    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    parser.add_argument("--include_path", help="a folder of extra task YAML files")
-    parser.add_argument("--num_fewshot", type=int)
-    parser.add_argument("--limit", type=_limit, help="examples per task (or a fraction < 1)")
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--output_path", help="folder for results.json (and samples)")
-    parser.add_argument("--log_samples", action="store_true", help="also write every sample")
-    parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    parser.add_argument("--prefill_chunk", type=int, default=4096)
-    parser.add_argument("--max_gen_toks", type=int, default=256)
-    parser.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    tasks = [t for t in args.tasks.split(",") if t.strip()]
-    try:
-        _, YocoLM = import_lm_eval()
-        check_limit(args.limit)
-        manager = task_manager(tasks, args.include_path)  # fails before the model loads
-        lm = YocoLM(
-            checkpoint=args.checkpoint, tokenizer=args.tokenizer, batch_size=args.batch_size,
-            prefill_chunk=args.prefill_chunk, max_gen_toks=args.max_gen_toks, seed=args.seed,
-            dtype=args.dtype,
-        )  # fmt: skip
-        results = evaluate(
-            lm, tasks, manager=manager, num_fewshot=args.num_fewshot,
-            limit=args.limit, log_samples=args.log_samples, seed=args.seed,
-        )  # fmt: skip
-    except (ImportError, CheckpointError, ConfigError, ValueError, FileNotFoundError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    from lm_eval.utils import make_table
-
-    print(make_table(results))
-    if args.output_path:
-        for path in write_results(results, Path(args.output_path), args.log_samples):
-            print(f"wrote {path}")
-    return results
-
-
-if __name__ == "__main__":
     main()

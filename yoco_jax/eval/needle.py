@@ -14,10 +14,7 @@ whole prompt fits), or the case is refused. Results over a grid of context lengt
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -223,70 +220,7 @@ def model_answerer(model, tokenizer, max_new_tokens: int = 20, **generate_kwargs
     return answer
 
 
-def _read_haystack(paths: Sequence[str]) -> list[str]:
-    files = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise FileNotFoundError(f"haystack path {p} does not exist")
-        files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-    return [f.read_text(errors="replace") for f in files]
+if __name__ == "__main__":  # the command lives in yoco_jax/cli/needle.py
+    from yoco_jax.cli.needle import main
 
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in re.split(r"[,\s]+", text.strip()) if x]
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.eval.needle", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--checkpoint", required=True, help="training output or official folder")
-    parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    parser.add_argument("--lengths", type=_ints, default=[256, 512, 1024, 2048])
-    parser.add_argument("--depths", default="5", help="a count (evenly spaced) or a list")
-    parser.add_argument("--needles", type=_ints, default=[1], help="counts, e.g. 1,2,4,8")
-    parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--haystack", nargs="*", default=None, help="text files or folders")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--prefill-chunk", type=int, default=4096)
-    parser.add_argument("--out", default="needle", help="writes <out>.json and <out>.png")
-    args = parser.parse_args(argv)
-
-    from yoco_jax.api import load_pretrained
-    from yoco_jax.inference.tokenizer import find_tokenizer
-
-    model = load_pretrained(args.checkpoint)
-    tokenizer = find_tokenizer(args.checkpoint, model.config.vocab_size, args.tokenizer)
-    if tokenizer is None:
-        parser.error(f"no tokenizer found for {args.checkpoint}: pass --tokenizer PATH")
-    if "," in args.depths or "." in args.depths:
-        depths = [float(x) for x in args.depths.split(",")]
-    else:
-        n = int(args.depths)
-        depths = [i / max(n - 1, 1) for i in range(n)]
-    haystack = Haystack(_read_haystack(args.haystack) if args.haystack else [FILLER], tokenizer)
-    answer = model_answerer(model, tokenizer, args.max_new_tokens, prefill_chunk=args.prefill_chunk)
-    try:
-        if min(args.needles, default=0) < 1:
-            raise ValueError(f"--needles {args.needles} must be positive counts, e.g. 1,2,4,8")
-        results = evaluate_needles(
-            answer, haystack, args.lengths, depths, args.needles, args.trials, args.seed
-        )
-    except ValueError as e:
-        parser.error(str(e))
-    results["checkpoint"] = str(args.checkpoint)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    name = Path(args.checkpoint).name
-    if len(args.needles) == 1:  # one count: where in the context it fails
-        plot_heatmap(results["runs"][str(args.needles[0])], out.with_suffix(".png"),
-                     f"{name}, {args.needles[0]} needle(s)")  # fmt: skip
-    else:
-        plot_needles(results, out.with_suffix(".png"), f"{name}, multi-needle retrieval")
-    print(f"mean score {results['mean_score']:.3f}; wrote {out}.json and {out}.png")
-
-
-if __name__ == "__main__":
     main()

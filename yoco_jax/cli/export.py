@@ -1,0 +1,43 @@
+"""`yoco-export` (`python -m yoco_jax.export`): a training run or official folder written in the
+official PyTorch layout (params.json + model.safetensors + tokenizer.model)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yoco_jax.api import load_pretrained
+from yoco_jax.cli.common import one_line_warnings, reported
+from yoco_jax.export import check_export_target
+from yoco_jax.inference.tokenizer import find_tokenizer
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m yoco_jax.export", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("source", help="a training output folder or an official-layout folder")
+    parser.add_argument("out", help="a new folder for params.json, model.safetensors, tokenizer")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
+    args = parser.parse_args(argv)
+    one_line_warnings(parser.prog)
+    with reported(parser.prog):
+        check_export_target(args.out, args.force)  # before the (slow) load
+        model = load_pretrained(args.source)
+        if args.tokenizer:
+            model.tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
+        model.save_official(args.out, dtype=args.dtype, overwrite=args.force)
+    files = "params.json, model.safetensors" + (", tokenizer.model" if model.tokenizer else "")
+    print(f"wrote {args.out}: {files} ({args.dtype})")
+    if model.tokenizer is None:
+        print(
+            f"note: {args.source} has no tokenizer.model, so the export carries none; pass "
+            "--tokenizer PATH to include one (infer.py will need --tokenizer for text prompts)",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    main()
