@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig, get_config, replace_checked
+from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError, ConfigError
 from yoco_jax.model import build_model
 
@@ -116,8 +117,6 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> Model:
     tokenizer.model when it has one (never a guessed one). A run folder's checkpoints win over
     a params.json beside them. `overrides`: runtime fields only (RUNTIME_OVERRIDES).
     Reads only: nothing is created in `path`."""
-    from yoco_jax.inference.tokenizer import find_tokenizer
-
     check_runtime_overrides(overrides)
     path = Path(path)
     if not path.exists():

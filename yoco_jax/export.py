@@ -23,6 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 from yoco_jax.config import ModelConfig, from_dict
+from yoco_jax.data.tokenizer_resolver import TOKENIZER_FILE
 from yoco_jax.errors import CheckpointError, ConfigError
 
 # YOCOArgs fields written to params.json (the rest of ModelConfig is ours).
@@ -127,7 +128,7 @@ def write_official(
     weights = folder / "model.safetensors"
     save_file(state, str(weights))
     os.chmod(weights, stat.S_IMODE(params_json.stat().st_mode))  # safetensors writes 0600
-    tokenizer_file = folder / "tokenizer.model"
+    tokenizer_file = folder / TOKENIZER_FILE
     if tokenizer is not None:
         tokenizer_file.write_bytes(tokenizer._proto)  # the exact model bytes, even if unsaved
     elif tokenizer_file.exists():  # a replaced export's tokenizer must not pair with new weights

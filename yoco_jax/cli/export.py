@@ -8,8 +8,8 @@ import sys
 
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import one_line_warnings, reported
+from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.export import check_export_target
-from yoco_jax.inference.tokenizer import find_tokenizer
 
 
 def main(argv=None) -> None:

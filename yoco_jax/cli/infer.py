@@ -29,8 +29,8 @@ import jax
 from yoco_jax import compile_cache
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import one_line_warnings, reported
+from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, Buckets, generate
-from yoco_jax.inference.tokenizer import find_tokenizer, no_tokenizer_message
 
 OUTPUT_KEYS = ("completion", "completion_tokens", "finish_reason")
 

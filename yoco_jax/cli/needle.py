@@ -16,6 +16,7 @@ from pathlib import Path
 
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import one_line_warnings, reported
+from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.eval.needle import (
     FILLER,
     Haystack,
@@ -24,7 +25,6 @@ from yoco_jax.eval.needle import (
     plot_heatmap,
     plot_needles,
 )
-from yoco_jax.inference.tokenizer import find_tokenizer
 
 
 def _read_haystack(paths: Sequence[str]) -> list[str]:

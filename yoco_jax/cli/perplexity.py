@@ -13,9 +13,9 @@ from pathlib import Path
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import one_line_warnings, reported
 from yoco_jax.data.corpus import iter_texts
+from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError
 from yoco_jax.eval.perplexity import nll_by_position, plot, positions, sequences
-from yoco_jax.inference.tokenizer import find_tokenizer
 
 
 def _label(path: str, model) -> str:

@@ -10,6 +10,9 @@ Public interface (used by yoco_jax.train):
   without a pad piece pads with eos. CLI: `python -m yoco_jax.data.tokenizer train --input
   <files/folders/globs/stdlib> --vocab-size N --out <prefix>`.
 - `demo_tokenizer()`: 2048 pieces, shipped in yoco_jax/assets/, trained on the stdlib sources.
+- `load_tokenizer(name_or_path)` ("demo" or a .model), `find_tokenizer(checkpoint, vocab_size,
+  path)`: the one way a tokenizer is chosen (tokenizer_resolver.py): the one named, else the
+  checkpoint folder's tokenizer.model, never a guess; a vocabulary mismatch is an error.
 - `stdlib_corpus()`: sorted paths of the interpreter's standard library `.py` files.
 - `DataConfig(path, kind="auto", eval_fraction=0.01, shuffle_window=256,
   num_threads=4)` (frozen; `DataConfig.from_dict(mapping)` rejects unknown keys).
@@ -37,6 +40,8 @@ _EXPORTS = {
     "DataIterator": "pipeline",
     "Tokenizer": "tokenizer",
     "demo_tokenizer": "tokenizer",
+    "find_tokenizer": "tokenizer_resolver",
+    "load_tokenizer": "tokenizer_resolver",
     "make_iterator": "pipeline",
     "stdlib_corpus": "corpus",
 }

@@ -22,9 +22,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
+from yoco_jax.data.tokenizer_resolver import check_tokenizer
 from yoco_jax.inference.cache_io import cache_max_len, grow_cache
 from yoco_jax.inference.sampling import Sampling, check_seed, row_keys, sample
-from yoco_jax.inference.tokenizer import check_tokenizer
 from yoco_jax.model import build_model, init_cache
 
 DEFAULT_PREFILL_CHUNK = 4096

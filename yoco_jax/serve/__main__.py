@@ -47,7 +47,7 @@ def main(argv=None) -> None:
         parser.exit(2, f"{parser.prog}: error: {e}; pip install -e '.[serve]'\n")
     from yoco_jax.api import load_pretrained
     from yoco_jax.cli.common import reported
-    from yoco_jax.inference.tokenizer import find_tokenizer
+    from yoco_jax.data.tokenizer_resolver import find_tokenizer
     from yoco_jax.serve.engine import Engine
     from yoco_jax.serve.prefix import PrefixStore
 

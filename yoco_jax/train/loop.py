@@ -13,6 +13,7 @@ import jax
 import yaml
 
 from yoco_jax import sharding
+from yoco_jax.data.tokenizer_resolver import TOKENIZER_FILE, load_tokenizer
 from yoco_jax.errors import ConfigError
 from yoco_jax.train.batches import GlobalBatches
 from yoco_jax.train.checkpoint import DAMAGED_DIR, Checkpointer, check_compatible
@@ -175,13 +176,13 @@ def _check_tokenizer(saved, tokenizer, output_dir: str) -> None:
     if isinstance(saved, dict):
         path, sha256 = saved["path"], saved["sha256"]
     else:
-        path = os.path.join(output_dir, "tokenizer.model")
+        path = os.path.join(output_dir, TOKENIZER_FILE)
         sha256 = _file_sha256(path)
     if sha256 and sha256 != tokenizer.sha256:
         raise ValueError(
             f"the checkpoint in {output_dir} was trained with the tokenizer {path} (sha256 "
             f"{sha256[:12]}), not {tokenizer.path} (sha256 {tokenizer.sha256[:12]}): resume with "
-            f"tokenizer={os.path.join(output_dir, 'tokenizer.model')} (its copy), or start over "
+            f"tokenizer={os.path.join(output_dir, TOKENIZER_FILE)} (its copy), or start over "
             "with --restart (or another output_dir)"
         )
 
@@ -202,12 +203,6 @@ def _save_after_error(run, checkpointer, saved: int, data_state: dict, saved_con
         _print(f"error after step {run.done}; could not save it either ({error})")
 
 
-def load_tokenizer(name_or_path: str):
-    from yoco_jax.data import Tokenizer, demo_tokenizer
-
-    return demo_tokenizer() if name_or_path == "demo" else Tokenizer.load(name_or_path)
-
-
 def _batches(config: TrainConfig, tokenizer, trainer: Trainer, split, sources) -> GlobalBatches:
     return GlobalBatches(
         config.data,
@@ -225,7 +220,7 @@ def _batches(config: TrainConfig, tokenizer, trainer: Trainer, split, sources) -
 def _save_tokenizer(tokenizer, output_dir: str) -> dict:
     """Copies the tokenizer into the run folder (so the folder alone is enough to sample);
     returns what the checkpoints record of it."""
-    target = os.path.join(os.path.abspath(output_dir), "tokenizer.model")
+    target = os.path.join(os.path.abspath(output_dir), TOKENIZER_FILE)
     if jax.process_index() == 0 and tokenizer.path and _file_sha256(target) != tokenizer.sha256:
         os.makedirs(output_dir, exist_ok=True)
         shutil.copyfile(tokenizer.path, target + ".tmp")
@@ -243,7 +238,7 @@ def _file_sha256(path: str) -> str | None:
 def _clear_run(output_dir: str, restart: bool) -> None:
     """Removes the logs and tokenizer of an earlier run in `output_dir`, and with --restart its
     checkpoints too."""
-    names = ["tb", "metrics.jsonl", "tokenizer.model", "config.yaml"]
+    names = ["tb", "metrics.jsonl", TOKENIZER_FILE, "config.yaml"]
     names += ["checkpoints", DAMAGED_DIR] if restart else []
     if jax.process_index() == 0:
         for name in names:

@@ -1,28 +1,40 @@
-"""Which tokenizer goes with a checkpoint: the one named, or the one the folder carries; never
-a guess (a wrong tokenizer decodes to plausible garbage)."""
+"""Which tokenizer: a name or path given by the user ("demo" = the shipped one), or the one a
+checkpoint folder carries; never a guess (a wrong tokenizer decodes to plausible garbage).
+
+Sentencepiece loads lazily here, so `import yoco_jax` stays light and
+`python -m yoco_jax.data.tokenizer` does not import its own module twice.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 TOKENIZER_FILE = "tokenizer.model"  # training runs and exports keep their tokenizer here
+DEMO = "demo"  # the name of the shipped 2048-piece tokenizer
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """The tokenizer named "demo" (shipped), or the sentencepiece .model at a path."""
+    from yoco_jax.data.tokenizer import Tokenizer, demo_tokenizer
+
+    return demo_tokenizer() if str(name_or_path) == DEMO else Tokenizer.load(name_or_path)
 
 
 def find_tokenizer(checkpoint=None, vocab_size: int | None = None, path=None):
     """The tokenizer for a model, or None when none is known.
 
-    `path` (explicit) wins, else `<checkpoint>/tokenizer.model`. With `vocab_size`, a tokenizer
-    of another size is an error (its ids would not match the model's embedding rows).
+    `path` (explicit: a .model path or "demo") wins, else `<checkpoint>/tokenizer.model`. With
+    `vocab_size`, a tokenizer of another size is an error (its ids would not match the model's
+    embedding rows).
     """
-    from yoco_jax.data import Tokenizer
-
     if path is None and checkpoint is not None:
         path = Path(checkpoint) / TOKENIZER_FILE
         if not path.is_file():
             return None
     if path is None:
         return None
-    tokenizer = Tokenizer.load(path)
+    tokenizer = load_tokenizer(path)
     if vocab_size is not None:
         check_tokenizer(tokenizer, vocab_size)
     return tokenizer
