@@ -570,6 +570,10 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import quality as quality_bench
 
         parts.append(quality_bench.section(json.loads(quality.read_text())))
+    for serve in sorted(results_dir.glob("serve-*.json")):  # written by bench/serve_load.py
+        from bench import serve_load
+
+        parts.append(serve_load.section(json.loads(serve.read_text())))
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out

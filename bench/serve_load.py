@@ -127,7 +127,8 @@ def section(res: dict) -> str:
         title(res), "",
         f"`{res['command']}` on {res['device']} ({res['date']}): `{res['model']}` "
         f"({res['params'] / 1e6:.2f}M parameters) and the Transformer of its width, depth and "
-        f"heads, each behind `python -m yoco_jax.serve` (max-len {res['max_len']}, decode blocks "
+        "heads (FFN widened to the same parameter count), each behind `python -m "
+        f"yoco_jax.serve` (max-len {res['max_len']}, decode blocks "
         f"of {res['block']}) with as many slots as its cache fits in the Transformer's "
         f"{res['transformer']['slots']} slots' bytes; {res['requests']} streamed requests per "
         f"rate, Poisson arrivals, prompts of {res['prompt'][0]}-{res['prompt'][1]} tokens, "
@@ -173,6 +174,16 @@ def write_docs(res: dict, docs: Path) -> None:
     doc.write_text(new.rstrip("\n") + "\n")
 
 
+def _shown(argv: list[str]) -> list[str]:
+    """The command-line flags that change the result (not where it is written)."""
+    out, skip = [], False
+    for arg in argv:
+        if not skip and arg.split("=")[0] not in ("--out", "--docs"):
+            out.append(arg)
+        skip = arg in ("--out", "--docs")
+    return out
+
+
 def _pair(text: str) -> tuple[int, int]:
     lo, hi = (int(x) for x in text.split(","))
     return lo, hi
@@ -213,7 +224,7 @@ def main(argv=None) -> dict:
     loads = {str(r): workload(args.requests, r, args.prompt, args.output, 2048, args.seed)
              for r in rates}  # fmt: skip
     res = {
-        "command": " ".join(["python -m bench.serve_load", *(argv or [])]).strip(),
+        "command": " ".join(["python -m bench.serve_load", *_shown(argv or [])]).strip(),
         "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
         "date": time.strftime("%Y-%m-%d"), "model": args.model, "params": n_params(yoco),
         "max_len": args.max_len, "block": args.block, "requests": args.requests,

@@ -285,3 +285,15 @@ def test_shutdown_drains_in_flight_requests():
     assert not s.thread.is_alive() and not s.engine._thread.is_alive()
     assert "".join(e["choices"][0]["text"] for e in events) == expected((3, 1, 4), 60).text
     assert events[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_command_line_errors(capsys, tmp_path):
+    from yoco_jax.serve.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    tiny().save_official(tmp_path / "ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "ckpt"), "--slots", "0"])
+    assert exit_info.value.code == 2 and "slots=0 must be a positive" in capsys.readouterr().err

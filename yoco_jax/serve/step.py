@@ -87,10 +87,15 @@ def insert_row(
 def pick(s: SlotState) -> Int[Array, " S"]:
     """One token per row: argmax where temperature is 0, else a sample under the row's own
     temperature / top-k / top-p from its key folded with its step (as `generate` draws)."""
-    sampling = Sampling(s.temperature[:, None], s.top_k[:, None], s.top_p[:, None])
-    sampled = sample(s.logits, s.keys, s.n_out, sampling, greedy=False)
     greedy = jnp.argmax(s.logits, axis=-1).astype(jnp.int32)
-    return jnp.where(s.temperature == 0, greedy, sampled)
+
+    def sampled():
+        sampling = Sampling(s.temperature[:, None], s.top_k[:, None], s.top_p[:, None])
+        return jnp.where(s.temperature == 0, greedy, sample(s.logits, s.keys, s.n_out,
+                                                            sampling, greedy=False))  # fmt: skip
+
+    # The sort behind top-k / top-p runs only when some live row samples.
+    return jax.lax.cond(jnp.any((s.temperature > 0) & ~s.done), sampled, lambda: greedy)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "steps"), donate_argnames=("state",))
