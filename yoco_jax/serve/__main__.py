@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=512, help="prompt tokens per chunk")
     p.add_argument("--block", type=int, default=4, help="tokens per jitted decode block")
     p.add_argument("--cache-dir", help="folder of saved prompt caches requests may name")
-    p.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
+    p.add_argument("--tokenizer", help="a sentencepiece .model or 'demo' (default: the run's)")
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--model-name", help="the id /v1/models reports (default: folder name)")
     p.add_argument("--warmup", action="store_true", help="compile every shape before serving")
