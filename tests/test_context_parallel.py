@@ -74,8 +74,7 @@ def _close(got, want):
         ("retention", {"context": 8}),
         ("retention", {"fsdp": 2, "context": 4}),
         ("retention", {"data": 2, "context": 2, "tensor": 2}),
-        ("window", {"context": 8}),
-        ("window", {"context": 4, "tensor": 2}),
+        ("window", {"context": 4, "tensor": 2}),  # window ctx 8 (3 hops): the prefill test
     ],
 )
 def test_logits_and_every_gradient_equal_the_unsplit_model(unsplit, mixer, axes):
@@ -200,7 +199,7 @@ def test_train_with_context_4_then_resumed_with_context_2_matches_context_1(tmp_
 # Two processes ----------------------------------------------------------------------------------
 
 
-def _start_processes(output_dir, processes, context, cache, corpus):
+def _start_processes(output_dir, processes, context, cache, corpus, model):
     """train.py on 4 devices in all, in `processes` processes (gloo collectives)."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -208,7 +207,8 @@ def _start_processes(output_dir, processes, context, cache, corpus):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # fmt: skip
-    command = [sys.executable, str(ROOT / "train.py"), *RUN, "steps=3", "data_shards=2",
+    run = [f"model={model}" if arg.startswith("model=") else arg for arg in RUN]
+    command = [sys.executable, str(ROOT / "train.py"), *run, "steps=3", "data_shards=2",
                f"data.path={corpus}", f"output_dir={output_dir}",
                f"mesh.context={context}"]  # fmt: skip
     distributed = lambda i: [f"--coordinator_address=localhost:{port}",
@@ -234,13 +234,15 @@ def _wait(runs):
 
 
 @pytest.mark.slow
-def test_context_spanning_two_processes_matches_one_process(tmp_path):
+@pytest.mark.parametrize("model", ["yoco-tiny", "yoco-swa-tiny"])  # window 16 over slices of 6
+def test_context_spanning_two_processes_matches_one_process(tmp_path, model):
+    """Retention's state scan, and the window halo's ppermute, across processes."""
     cache, corpus = tmp_path / "compile_cache", tmp_path / "corpus"
     corpus.mkdir()
     for i in range(40):
         (corpus / f"doc{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * (i % 5 + 1))
-    one = _start_processes(tmp_path / "one", 1, 1, cache, corpus)  # overlaps the two-process run
-    output = _wait(_start_processes(tmp_path / "two", 2, 4, cache, corpus))
+    one = _start_processes(tmp_path / "one", 1, 1, cache, corpus, model)  # overlaps the next
+    output = _wait(_start_processes(tmp_path / "two", 2, 4, cache, corpus, model))
     assert "2 process(es)" in output and "'context': 4" in output
     _wait(one)
     read = lambda name: _losses_of(tmp_path / name)

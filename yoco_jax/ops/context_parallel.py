@@ -176,37 +176,35 @@ def _by_halves(q, pos, k, v, kv_pos, window=None):
 def gather_kv(
     k: Float[Array, "B T H D"], v: Float[Array, "B T H D"], positions: Int[Array, "B T"]
 ) -> tuple[Array, Array, Array]:
-    """The global K/V (and their positions) gathered whole onto every slice, once per step."""
+    """The global K/V (and their positions) gathered whole onto every slice, once per step.
+
+    Returned as one copy per device, stacked: [n, B, T, H, D] (positions [n, B, T]) split over
+    the axis along n, for `cross_attention` only. Each copy is varying, so the cotangents of all
+    cross layers add up on each device first and the gather's transpose is ONE reduce-scatter
+    (an invariant copy would cost an all-reduce of the whole K/V gradient per layer).
+    """
     check_length(k.shape[1])
 
     def local(k, v, pos):
-        # Invariant over the axis (every slice holds the same whole K/V): its transpose takes
-        # each slice's part of the cotangent, which the consumers have already summed.
-        gather = lambda x: jax.lax.all_gather(x, AXIS, axis=1, tiled=True, to="invarying")
-        return gather(k), gather(v), gather(pos)
+        return tuple(jax.lax.all_gather(x, AXIS, axis=1, tiled=True)[None] for x in (k, v, pos))
 
-    return _shard(local, (SPLIT,) * 3, (WHOLE,) * 3)(k, v, positions)
+    return _shard(local, (SPLIT,) * 3, (P(AXIS),) * 3)(k, v, positions)
 
 
 def cross_attention(
     q: Float[Array, "B T Hq D"],
     positions: Int[Array, "B T"],
-    k: Float[Array, "B S Hkv D"],
-    v: Float[Array, "B S Hkv D"],
-    kv_positions: Int[Array, "B S"],
+    k: Float[Array, "n B S Hkv D"],
+    v: Float[Array, "n B S Hkv D"],
+    kv_positions: Int[Array, "n B S"],
 ) -> Float[Array, "B T Hq D"]:
     """Local queries (split over the axis) against the gathered K/V (from `gather_kv`)."""
     check_length(q.shape[1])
 
     def local(q, pos, k, v, kv_pos):
-        # The whole K/V is invariant over the axis; typed varying here, so the gradients each
-        # slice computes for it are summed over the axis (the transpose of the cast is a psum).
-        k, v, kv_pos = (jax.lax.pcast(x, AXIS, to="varying") for x in (k, v, kv_pos))
-        return _by_halves(q, pos, k, v, kv_pos)
+        return _by_halves(q, pos, k[0], v[0], kv_pos[0])
 
-    return _shard(local, (SPLIT, SPLIT, WHOLE, WHOLE, WHOLE), SPLIT)(
-        q, positions, k, v, kv_positions
-    )
+    return _shard(local, (SPLIT, SPLIT) + (P(AXIS),) * 3, SPLIT)(q, positions, k, v, kv_positions)
 
 
 def _route(x, source):
