@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from yoco_jax.errors import CheckpointError
 from yoco_jax.eval.scoring import score_rows
-from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK
+from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, generate
+from yoco_jax.pretrained import load_handle
 
 log = logging.getLogger(__name__)
 _SAMPLING_KEYS = {"until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p"}
@@ -49,15 +50,14 @@ class YocoLM(TemplateLM):
         **unused,  # lm_eval passes device / max_batch_size, which do not apply here
     ):
         super().__init__()
-        from yoco_jax.api import load_pretrained
-        from yoco_jax.data import Tokenizer
+        from yoco_jax.data import load_tokenizer
 
         if (model is None) == (checkpoint is None):
             raise ValueError("give exactly one of checkpoint=PATH or model=Model")
         if model is None:
-            model = load_pretrained(checkpoint, **({"dtype": dtype} if dtype else {}))
+            model = load_handle(checkpoint, **({"dtype": dtype} if dtype else {}))
         if isinstance(tokenizer, str):
-            tokenizer = Tokenizer.load(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         self.model = model
         self.tok = tokenizer or model.tokenizer
         if self.tok is None:
@@ -143,8 +143,8 @@ class YocoLM(TemplateLM):
             encoded.sort(key=lambda item: -len(item[1]))  # similar lengths share a batch
             for first in range(0, len(encoded), self.batch_size):
                 batch = encoded[first : first + self.batch_size]
-                completions = self.model.generate(
-                    [tokens for _, tokens in batch], max_new, temperature=temperature,
+                completions = generate(
+                    self.model, [tokens for _, tokens in batch], max_new, temperature=temperature,
                     top_k=top_k, top_p=top_p, stop=list(until), seed=self.seed,
                     tokenizer=self.tok, prefill_chunk=self.prefill_chunk,
                 )  # fmt: skip

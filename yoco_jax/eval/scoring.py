@@ -22,6 +22,7 @@ from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, Buckets
 from yoco_jax.model import build_model, init_cache
 from yoco_jax.model.attention import write_kv
 from yoco_jax.model.cache import TransformerCache, YOCOCache
+from yoco_jax.model.handle import ModelHandle
 from yoco_jax.model.lm import new_token_layout
 
 
@@ -55,7 +56,7 @@ def _score_chunk(config: ModelConfig, params, tokens, targets, n_new, cache, fre
     return picked, jnp.argmax(logits, axis=-1) == targets, cache
 
 
-def score_batch(model, rows: Sequence[Sequence[int]], *, chunk_size: int, n_rows: int):
+def score_batch(model: ModelHandle, rows: Sequence[Sequence[int]], *, chunk_size: int, n_rows: int):
     """Rows of >= 2 tokens, padded into one batch of `n_rows` -> per row (log-probs [L - 1],
     greedy [L - 1]) of tokens 1..L-1 given the tokens before them."""
     width = Buckets().seq_len(max(len(r) for r in rows) - 1)  # a power of two, >= 16
@@ -83,7 +84,7 @@ def score_batch(model, rows: Sequence[Sequence[int]], *, chunk_size: int, n_rows
 
 
 def score_rows(
-    model,
+    model: ModelHandle,
     rows: Sequence[Sequence[int]],
     *,
     batch_size: int = 8,

@@ -26,6 +26,7 @@ from yoco_jax.data.tokenizer_resolver import check_tokenizer
 from yoco_jax.inference.cache_io import cache_max_len, grow_cache
 from yoco_jax.inference.sampling import Sampling, check_seed, row_keys, sample
 from yoco_jax.model import build_model, init_cache
+from yoco_jax.model.handle import ModelHandle
 
 DEFAULT_PREFILL_CHUNK = 4096
 GREEDY = Sampling()
@@ -127,7 +128,7 @@ def _pad_prompts(prompts: Sequence[Sequence[int]], rows: int, width: int):
     return tokens, lengths
 
 
-def _check_prompts(model, prompts: Sequence[Sequence[int]]) -> None:
+def _check_prompts(model: ModelHandle, prompts: Sequence[Sequence[int]]) -> None:
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty: give at least one token")
@@ -141,7 +142,7 @@ def check_positive(name: str, value) -> None:
 
 
 def prefill_tokens(
-    model,
+    model: ModelHandle,
     tokens: np.ndarray,
     lengths: np.ndarray,
     cache=None,
@@ -179,7 +180,7 @@ def prefill_tokens(
 
 
 def prefill(
-    model,
+    model: ModelHandle,
     prompts,
     *,
     cache=None,
@@ -195,7 +196,7 @@ def prefill(
     width is padded to a bucket, then to a multiple of the chunk, so chunks share one shape.
     """
     check_positive("chunk_size", chunk_size)
-    token_lists, _ = as_token_lists(prompts, tokenizer or getattr(model, "tokenizer", None))
+    token_lists, _ = as_token_lists(prompts, tokenizer or model.tokenizer)
     _check_prompts(model, token_lists)
     if cache is not None and len(token_lists) != cache.lengths.shape[0]:
         raise ValueError(
@@ -253,7 +254,7 @@ def stop_array(stop_ids: Sequence[int]) -> np.ndarray:
 
 
 def decode(
-    model,
+    model: ModelHandle,
     state: DecodeState,
     *,
     steps: int | None = None,
@@ -351,7 +352,7 @@ def _cut_at_stop(tokens: list[int], text: str, cut: int, tokenizer) -> tuple[lis
 
 
 def generate(
-    model,
+    model: ModelHandle,
     prompts,
     max_new_tokens: int = 32,
     temperature: float = 0.0,
@@ -383,7 +384,7 @@ def generate(
     `on_tokens(new_tokens_per_row)` streams: the loop then runs in jitted blocks of `block`.
     Returns one Completion per prompt (a single one for a single prompt).
     """
-    tokenizer = tokenizer or getattr(model, "tokenizer", None)
+    tokenizer = tokenizer or model.tokenizer
     if tokenizer is not None:  # before any work: a wrong one fails only when decoding
         check_tokenizer(tokenizer, model.config.vocab_size)
     check_positive("prefill_chunk", prefill_chunk)

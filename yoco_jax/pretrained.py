@@ -1,0 +1,82 @@
+"""Loading a saved model: a training run folder (its latest intact checkpoint) or an
+official-layout folder (params.json + model.safetensors / *.pth), with the folder's tokenizer.
+
+`yoco_jax.load_pretrained` (api.py) wraps this in a `Model`; inference, evaluation and serving
+use `load_handle` and the `ModelHandle` it returns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from yoco_jax.config import replace_checked
+from yoco_jax.data.tokenizer_resolver import find_tokenizer
+from yoco_jax.errors import CheckpointError, ConfigError
+from yoco_jax.model.handle import ModelHandle
+
+# Config fields a loaded model may change: how it computes, not which parameters it has.
+RUNTIME_OVERRIDES = ("dtype", "attention_impl", "remat", "chunk_size")
+
+
+def check_runtime_overrides(overrides: dict) -> None:
+    """Raises for an override of a saved model's field that shapes its parameters."""
+    fixed = sorted(set(overrides) - set(RUNTIME_OVERRIDES))
+    if fixed:
+        raise ConfigError(
+            f"cannot override {', '.join(fixed)} of a saved model: it fixes the parameters' shapes "
+            f"or values; only {', '.join(RUNTIME_OVERRIDES)} may change (for another shape, "
+            "build a new model with yoco_jax.init)"
+        )
+
+
+def load_handle(path: str | os.PathLike, **overrides) -> ModelHandle:
+    """Loads a training output folder of this project (its latest checkpoint) or an
+    official-layout folder, with the folder's tokenizer.model when it has one (never a guessed
+    one). A run folder's checkpoints win over a params.json beside them. `overrides`: runtime
+    fields only (RUNTIME_OVERRIDES). Reads only: nothing is created in `path`."""
+    check_runtime_overrides(overrides)
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(
+            f"{path} is a file: give the folder of a training run or of an exported model"
+        )
+    if _has_checkpoints(path):
+        config, params = _load_run(path)
+        config = replace_checked(config, **overrides)
+    elif (path / "params.json").exists():
+        # Imported here: `python -m yoco_jax.export` must not find itself imported already.
+        from yoco_jax.export import read_official
+
+        config, params = read_official(path, **overrides)
+    else:
+        raise CheckpointError(
+            f"{path} is neither an official-layout folder (no params.json) nor a training "
+            "output folder (no checkpoints/ with a saved step)"
+        )
+    return ModelHandle(config, params, find_tokenizer(path, config.vocab_size))
+
+
+def _has_checkpoints(path: Path) -> bool:
+    from yoco_jax.train.checkpoint import CHECKPOINT_DIR  # orbax loads only when needed
+
+    folder = path / CHECKPOINT_DIR
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _load_run(path: Path):
+    """(config, params) of a run folder's latest checkpoint, or a one-line CheckpointError."""
+    from yoco_jax.train.checkpoint import load_params
+
+    try:
+        return load_params(str(path))
+    except CheckpointError:
+        raise
+    except Exception as e:  # orbax raises KeyError, ValueError, OSError... for damaged steps
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"the checkpoint in {path} cannot be read ({type(e).__name__}: {detail}); "
+            "check the folder, or load an earlier step"
+        ) from e
