@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from yoco_jax.ops import attention_choice
-from yoco_jax.ops.attention import cache_attention, causal_attention, kernel_options
+from yoco_jax.ops.attention import cache_attention, causal_attention
 from yoco_jax.ops.attention_choice import choose_attention
 
 BF16, F32 = jnp.bfloat16, jnp.float32
@@ -66,9 +66,10 @@ def test_cache_attention_routes_chunks_and_decode():
     chunk, few = jnp.zeros((1, 20, 4, 16)), jnp.zeros((1, 4, 4, 16))
 
     def kernels_in(q, impl, window=None):
-        with kernel_options(backend="gpu", interpret=True):
-            fn = lambda q, k, n: cache_attention(q, k, k, n, window=window, impl=impl)
-            eqns = jax.make_jaxpr(fn)(q, k, lengths).jaxpr.eqns
+        fn = lambda q, k, n: cache_attention(
+            q, k, k, n, window=window, impl=impl, backend="gpu", interpret=True
+        )
+        eqns = jax.make_jaxpr(fn)(q, k, lengths).jaxpr.eqns
         return {e.params["name"] for e in eqns if str(e.primitive) == "pallas_call"}
 
     assert kernels_in(chunk, "pallas") == {"chunk_attention"}

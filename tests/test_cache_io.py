@@ -10,7 +10,6 @@ import yoco_jax
 from yoco_jax.inference import decode, load_cache, prefill, save_cache
 from yoco_jax.inference.generate import start_decode
 from yoco_jax.model import init_cache
-from yoco_jax.ops.attention import kernel_options
 
 DOC, QUESTION = 21, 5  # the question (<= 16 tokens) runs the Pallas decode kernel
 
@@ -46,10 +45,12 @@ def test_bfloat16_cache_serves_a_float32_model_on_both_paths(saved):
     loaded, _, _ = load_cache(path, model.config, params=model.params)
     assert loaded.kv.k.dtype == jnp.float32  # the model's own cache dtype
     xla = ask(model, loaded, question)
-    with kernel_options(backend="gpu", interpret=True):
-        pallas = ask(model.replace(attention_impl="pallas"), loaded, question)
-        # Without the cast on load, the kernel reads the bfloat16 cache directly.
-        raw = ask(model.replace(attention_impl="pallas"), bf16_cache, question)
+    pallas_model = model.replace(
+        attention_impl="pallas", kernel_backend="gpu", kernel_interpret=True
+    )
+    pallas = ask(pallas_model, loaded, question)
+    # Without the cast on load, the kernel reads the bfloat16 cache directly.
+    raw = ask(pallas_model, bf16_cache, question)
     assert pallas[2] == xla[2]
     assert rel(pallas[0], xla[0]) < 1e-5 and rel(pallas[1], xla[1]) < 1e-5
     # Against the float32 full forward (the document's K/V went through bfloat16 once).

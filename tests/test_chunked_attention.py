@@ -11,7 +11,6 @@ import yoco_jax
 from yoco_jax.inference.generate import prefill_tokens
 from yoco_jax.kernels import chunk_attention
 from yoco_jax.kernels.reference import decode_attention_reference
-from yoco_jax.ops.attention import kernel_options
 from yoco_jax.ops.chunked_attention import chunked_attention, window_context
 
 # (batch, Tq, S, Hq, Hkv, D, lengths, window): GQA 3 and 2, caches that 16-key blocks do not
@@ -108,8 +107,10 @@ def one_chunk(request):
 def test_chunked_prefill_equals_one_chunk(one_chunk, impl):
     """Chunks of 20 (> 16 queries: the chunk-vs-cache path) into a 45-slot cache."""
     model, tokens, lengths, (want_logits, want_cache) = one_chunk
-    with kernel_options(backend="gpu", interpret=True):
-        logits, cache = _prefill(model.replace(attention_impl=impl), tokens, lengths, 20)
+    pallas_options = dict(kernel_backend="gpu", kernel_interpret=True)
+    logits, cache = _prefill(
+        model.replace(attention_impl=impl, **pallas_options), tokens, lengths, 20
+    )
     assert _rel(logits, want_logits) < 1e-5
     np.testing.assert_array_equal(cache.lengths, want_cache.lengths)
     for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(want_cache)):

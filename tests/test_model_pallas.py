@@ -8,7 +8,6 @@ import pytest
 
 import yoco_jax
 from yoco_jax.model import init_cache
-from yoco_jax.ops.attention import kernel_options
 
 
 def outputs(model, tokens):
@@ -42,8 +41,8 @@ def reference(request):
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
 def test_pallas_model_matches_xla(reference, backend):
     model, tokens, (expected, expected_grads) = reference
-    with kernel_options(backend=backend, interpret=True):
-        got, grads = outputs(model.replace(attention_impl="pallas"), tokens)
+    pallas = model.replace(attention_impl="pallas", kernel_backend=backend, kernel_interpret=True)
+    got, grads = outputs(pallas, tokens)
     for a, b in zip(got, expected):
         assert rel(a, b) < 1e-5
     for a, b in zip(grads, expected_grads):
@@ -56,7 +55,10 @@ def test_pallas_runs_per_device_under_a_mesh(reference):
 
     model, tokens, (expected, _) = reference
     mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
-    with sharding.use_mesh(mesh), kernel_options(backend="gpu", interpret=True):
-        got, _ = outputs(model.replace(attention_impl="pallas"), tokens)
+    with sharding.use_mesh(mesh):
+        got, _ = outputs(
+            model.replace(attention_impl="pallas", kernel_backend="gpu", kernel_interpret=True),
+            tokens,
+        )
     for a, b in zip(got, expected):
         assert rel(a, b) < 1e-5

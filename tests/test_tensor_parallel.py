@@ -11,7 +11,6 @@ import pytest
 import yoco_jax
 from yoco_jax import sharding
 from yoco_jax.model import init_cache
-from yoco_jax.ops.attention import kernel_options
 
 # Attention head dims 16 or 32 (Triton tiles), 2 layers: one self-decoder, one cross-decoder.
 CONFIGS = {
@@ -67,8 +66,12 @@ def one_device():
 def test_pallas_under_tensor_parallelism_matches_one_device(one_device, name, axes):
     model, tokens, cache, (expected, expected_grads) = one_device[name]
     mesh = sharding.make_mesh(axes)
-    with sharding.use_mesh(mesh), kernel_options(backend="gpu", interpret=True):
-        got, grads = outputs(model.replace(attention_impl="pallas"), tokens, cache)
+    with sharding.use_mesh(mesh):
+        got, grads = outputs(
+            model.replace(attention_impl="pallas", kernel_backend="gpu", kernel_interpret=True),
+            tokens,
+            cache,
+        )
     for a, b in zip(got, expected):
         assert rel(a, b) < 1e-5
     for a, b in zip(grads, expected_grads):

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from yoco_jax import inference
-from yoco_jax.config import ModelConfig, get_config, replace_checked
+from yoco_jax.config import ModelConfig, get_config
 from yoco_jax.model import build_model
 from yoco_jax.model.handle import ModelHandle
-from yoco_jax.pretrained import RUNTIME_OVERRIDES, check_runtime_overrides, load_handle
+from yoco_jax.pretrained import load_handle, with_runtime
 
-__all__ = ["RUNTIME_OVERRIDES", "Model", "init", "load_pretrained"]
+__all__ = ["Model", "init", "load_pretrained"]
 
 
 @dataclasses.dataclass
@@ -59,9 +59,9 @@ class Model(ModelHandle):
         return write_official(path, self.config, self.params, dtype, self.tokenizer, overwrite)
 
     def replace(self, **overrides) -> Model:
-        """The same weights under a config with runtime `overrides` (RUNTIME_OVERRIDES)."""
-        check_runtime_overrides(overrides)
-        return Model(replace_checked(self.config, **overrides), self.params, self.tokenizer)
+        """The same weights under other runtime settings (config.RUNTIME_FIELDS: dtype,
+        attention_impl, chunk_size, kernel options...; a new param_dtype casts the weights)."""
+        return Model(*with_runtime(self.config, self.params, **overrides), self.tokenizer)
 
 
 @jax.jit(static_argnums=0)
@@ -82,7 +82,7 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> Model:
     """Loads a training output folder of this project (its latest checkpoint) or an
     official-layout folder (params.json + model.safetensors / *.pth), with the folder's
     tokenizer.model when it has one (never a guessed one). A run folder's checkpoints win over
-    a params.json beside them. `overrides`: runtime fields only (RUNTIME_OVERRIDES).
+    a params.json beside them. `overrides`: runtime fields only (config.RUNTIME_FIELDS).
     Reads only: nothing is created in `path`."""
     handle = load_handle(path, **overrides)
     return Model(handle.config, handle.params, handle.tokenizer)

@@ -25,22 +25,25 @@ from yoco_jax.errors import ConfigError
 # inside the package (package data) and are found the same way in a checkout and a wheel.
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-_CHOICES = {
-    "arch": ("yoco", "transformer"),
-    "dtype": ("float32", "bfloat16", "float16"),
-    "param_dtype": ("float32", "bfloat16"),
-    "attention_impl": ("auto", "xla", "pallas"),
-    "remat": ("none", "full", "dots", "dots_with_no_batch_dims"),
-}
+
+def _check_choices(config, choices: dict) -> None:
+    for key, valid in choices.items():
+        if getattr(config, key) not in valid:
+            names = ", ".join(str(v) if v is not None else "null" for v in valid)
+            raise ConfigError(f"{key}={getattr(config, key)!r} is not valid; choose one of {names}")
+
+
+def _check_positive(config, keys) -> None:
+    for key in keys:
+        value = getattr(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{key}={value!r} must be a positive integer")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """A YOCO model (or the Transformer baseline with `arch="transformer"`).
-
-    The first `n_layers // 2` layers form the self-decoder (gated retention, or sliding-window
-    attention when `sliding_window` is set), the rest the cross-decoder reading one global KV cache.
-    """
+class Architecture:
+    """What a checkpoint must match: the fields that fix the parameters' shapes and meaning
+    (the official params.json's, plus `arch`). A saved model's architecture never changes."""
 
     dim: int
     n_layers: int
@@ -53,24 +56,11 @@ class ModelConfig:
     norm_eps: float = 1e-5
     sliding_window: int | None = None
     arch: str = "yoco"
-    chunk_size: int = 256  # retention chunk of the chunkwise-parallel form
-    dtype: str = "float32"  # compute dtype
-    param_dtype: str = "float32"
-    attention_impl: str = "auto"  # auto: pallas on GPU/TPU, xla on CPU
-    remat: str = "none"  # per-layer rematerialization policy
 
     def __post_init__(self):
-        for key, choices in _CHOICES.items():
-            if getattr(self, key) not in choices:
-                raise ConfigError(
-                    f"{key}={getattr(self, key)!r} is not valid; choose one of {', '.join(choices)}"
-                )
-        positive = ["dim", "n_layers", "hidden_dim", "n_self_heads", "n_attn_heads"]
-        positive += ["n_attn_kv_heads", "vocab_size", "chunk_size"]
-        for key in positive:
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{key}={value!r} must be a positive integer")
+        _check_choices(self, {"arch": ("yoco", "transformer")})
+        _check_positive(self, ["dim", "n_layers", "hidden_dim", "n_self_heads", "n_attn_heads",
+                               "n_attn_kv_heads", "vocab_size"])  # fmt: skip
         if self.n_layers % 2:
             raise ConfigError(
                 f"n_layers={self.n_layers} must be even: half self-decoder, half cross-decoder "
@@ -104,6 +94,64 @@ class ModelConfig:
     @property
     def half_layers(self) -> int:
         return self.n_layers // 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How the model computes: any saved model runs under any runtime settings (they change
+    speed, memory and rounding, never which parameters there are)."""
+
+    chunk_size: int = 256  # retention chunk of the chunkwise-parallel form
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    attention_impl: str = "auto"  # auto: pallas on GPU/TPU, xla on CPU (ops/attention_choice.py)
+    remat: str = "none"  # per-layer rematerialization policy
+    kernel_backend: str | None = None  # Pallas family: gpu (Triton), tpu (Mosaic); null: device's
+    kernel_interpret: bool | None = None  # Pallas interpret mode; null: unless on that device
+
+    def __post_init__(self):
+        _check_choices(self, {
+            "dtype": ("float32", "bfloat16", "float16"),
+            "param_dtype": ("float32", "bfloat16"),
+            "attention_impl": ("auto", "xla", "pallas"),
+            "remat": ("none", "full", "dots", "dots_with_no_batch_dims"),
+            "kernel_backend": (None, "gpu", "tpu"),
+            "kernel_interpret": (None, True, False),
+        })  # fmt: skip
+        _check_positive(self, ["chunk_size"])
+
+    @property
+    def kernel_options(self) -> dict:
+        """The keywords set for the Pallas kernels (`backend`, `interpret`); unset ones left out."""
+        options = {"backend": self.kernel_backend, "interpret": self.kernel_interpret}
+        return {k: v for k, v in options.items() if v is not None}
+
+
+ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(Architecture))
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(Runtime))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Runtime, Architecture):
+    """A YOCO model (or the Transformer baseline with `arch="transformer"`): its `Architecture`
+    and `Runtime` settings in one flat, hashable config (`config.dim`, `config.dtype`).
+
+    The first `n_layers // 2` layers form the self-decoder (gated retention, or sliding-window
+    attention when `sliding_window` is set), the rest the cross-decoder reading one global KV cache.
+    """
+
+    def __post_init__(self):
+        Architecture.__post_init__(self)
+        Runtime.__post_init__(self)
+
+    @property
+    def architecture(self) -> Architecture:
+        """What a checkpoint of this model must match (two models with equal ones share weights)."""
+        return Architecture(**{k: getattr(self, k) for k in ARCHITECTURE_FIELDS})
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(**{k: getattr(self, k) for k in RUNTIME_FIELDS})
 
 
 class _Loader(yaml.SafeLoader):
@@ -209,7 +257,7 @@ def from_dict(data: dict[str, Any], **overrides) -> ModelConfig:
     Official-only fields that do not change the function (max_batch_size, max_seq_len,
     model_parallel_size, load_checkpoint) are dropped.
     """
-    data = {k: v for k, v in data.items() if k not in _OFFICIAL_RUNTIME_FIELDS}
+    data = {k: v for k, v in data.items() if k not in _OFFICIAL_ONLY_FIELDS}
     required = [f.name for f in dataclasses.fields(ModelConfig) if f.default is dataclasses.MISSING]
     missing = [k for k in required if k not in data and k not in overrides]
     if missing:
@@ -221,7 +269,7 @@ def from_dict(data: dict[str, Any], **overrides) -> ModelConfig:
     return replace_checked(placeholder, **{**data, **overrides})
 
 
-_OFFICIAL_RUNTIME_FIELDS = (
+_OFFICIAL_ONLY_FIELDS = (
     "max_batch_size",
     "max_seq_len",
     "model_parallel_size",

@@ -22,15 +22,12 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from yoco_jax.config import ModelConfig, from_dict
+from yoco_jax.config import ARCHITECTURE_FIELDS, ModelConfig, from_dict
 from yoco_jax.data.tokenizer_resolver import TOKENIZER_FILE
 from yoco_jax.errors import CheckpointError, ConfigError
 
-# YOCOArgs fields written to params.json (the rest of ModelConfig is ours).
-OFFICIAL_FIELDS = (
-    "dim", "n_layers", "hidden_dim", "n_self_heads", "n_attn_heads", "n_attn_kv_heads",
-    "vocab_size", "rope_theta", "norm_eps", "sliding_window",
-)  # fmt: skip
+# YOCOArgs fields written to params.json: the architecture but `arch` (ours).
+OFFICIAL_FIELDS = tuple(k for k in ARCHITECTURE_FIELDS if k != "arch")
 
 
 def _official_key(path: tuple[str, ...]) -> str:

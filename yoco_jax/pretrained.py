@@ -9,33 +9,43 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
-from yoco_jax.config import replace_checked
+import jax
+
+from yoco_jax.config import RUNTIME_FIELDS, ModelConfig, replace_checked
 from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError, ConfigError
 from yoco_jax.model.handle import ModelHandle
 
-# Config fields a loaded model may change: how it computes, not which parameters it has.
-RUNTIME_OVERRIDES = ("dtype", "attention_impl", "remat", "chunk_size")
-
 
 def check_runtime_overrides(overrides: dict) -> None:
-    """Raises for an override of a saved model's field that shapes its parameters."""
-    fixed = sorted(set(overrides) - set(RUNTIME_OVERRIDES))
+    """Raises for an override of a saved model's architecture (what its parameters are)."""
+    fixed = sorted(set(overrides) - set(RUNTIME_FIELDS))
     if fixed:
         raise ConfigError(
             f"cannot override {', '.join(fixed)} of a saved model: it fixes the parameters' shapes "
-            f"or values; only {', '.join(RUNTIME_OVERRIDES)} may change (for another shape, "
+            f"or values; only {', '.join(RUNTIME_FIELDS)} may change (for another shape, "
             "build a new model with yoco_jax.init)"
         )
+
+
+def with_runtime(config: ModelConfig, params, **overrides) -> tuple[ModelConfig, Any]:
+    """(config, params) under other runtime settings (config.RUNTIME_FIELDS); a new
+    param_dtype casts the parameters."""
+    check_runtime_overrides(overrides)
+    new = replace_checked(config, **overrides)
+    if new.param_dtype != config.param_dtype:
+        params = jax.tree.map(lambda x: x.astype(new.param_dtype), params)
+    return new, params
 
 
 def load_handle(path: str | os.PathLike, **overrides) -> ModelHandle:
     """Loads a training output folder of this project (its latest checkpoint) or an
     official-layout folder, with the folder's tokenizer.model when it has one (never a guessed
     one). A run folder's checkpoints win over a params.json beside them. `overrides`: runtime
-    fields only (RUNTIME_OVERRIDES). Reads only: nothing is created in `path`."""
-    check_runtime_overrides(overrides)
+    fields only (config.RUNTIME_FIELDS). Reads only: nothing is created in `path`."""
+    check_runtime_overrides(overrides)  # before the (slow) load
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist")
@@ -44,8 +54,7 @@ def load_handle(path: str | os.PathLike, **overrides) -> ModelHandle:
             f"{path} is a file: give the folder of a training run or of an exported model"
         )
     if _has_checkpoints(path):
-        config, params = _load_run(path)
-        config = replace_checked(config, **overrides)
+        config, params = with_runtime(*_load_run(path), **overrides)
     elif (path / "params.json").exists():
         # Imported here: `python -m yoco_jax.export` must not find itself imported already.
         from yoco_jax.export import read_official

@@ -21,9 +21,6 @@ import numpy as np
 from yoco_jax.config import ModelConfig, from_dict
 from yoco_jax.model.cache import KVCache, WindowKV, init_cache
 
-# Config fields that change numerics or speed, not what the cache holds.
-_RUNTIME_FIELDS = {"dtype", "param_dtype", "attention_impl", "remat", "chunk_size"}
-
 
 def cache_max_len(cache) -> int:
     """The number of positions each sequence's global (or per-layer) K/V can hold."""
@@ -42,11 +39,6 @@ def grow_cache(cache, max_len: int):
         cache,
         is_leaf=lambda c: isinstance(c, KVCache),
     )
-
-
-def _same_model(a: ModelConfig, b: ModelConfig) -> bool:
-    strip = lambda c: {k: v for k, v in dataclasses.asdict(c).items() if k not in _RUNTIME_FIELDS}
-    return strip(a) == strip(b)
 
 
 @jax.jit
@@ -130,7 +122,7 @@ def load_cache(
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
         saved = from_dict(meta["config"])
-        if config is not None and not _same_model(config, saved):
+        if config is not None and config.architecture != saved.architecture:
             raise ValueError(
                 f"{path} holds the cache of another model ({saved}); it cannot serve {config}"
             )

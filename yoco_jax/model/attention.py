@@ -20,6 +20,11 @@ def _dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) ->
     return Linear(features, axes, cfg.dtype, cfg.param_dtype, name=name)
 
 
+def _options(cfg: ModelConfig) -> dict:
+    """The attention implementation and Pallas kernel options `cfg` asks of ops.attention."""
+    return {"impl": cfg.attention_impl, **cfg.kernel_options}
+
+
 def _ring_positions(last: Int[Array, " B"], window: int) -> Int[Array, "B W"]:
     """Which position each ring slot holds when `last` is the newest one (negative: empty)."""
     slots = jnp.arange(window)
@@ -60,12 +65,12 @@ class SlidingWindowAttention(nn.Module):
         if (cache is None or fresh) and context_parallel.context_size() > 1:  # split sequence
             o = context_parallel.window_attention(q, k, v, positions, w)
         elif cache is None or fresh:
-            o = causal_attention(q, k, v, window=w, impl=cfg.attention_impl)
+            o = causal_attention(q, k, v, window=w, **_options(cfg))
         else:
             # Ring + chunk laid out in position order: the chunk-vs-cache path (padding keys
             # sit after every real query, so causality hides them).
             keys, values, lengths = window_context(cache.k, cache.v, k, v, positions[:, 0])
-            o = cache_attention(q, keys, values, lengths, window=w, impl=cfg.attention_impl)
+            o = cache_attention(q, keys, values, lengths, window=w, **_options(cfg))
         if cache is not None:
             start = positions[:, 0]
             slot_pos = _ring_positions(start + valid.sum(axis=1) - 1, w)
@@ -106,11 +111,11 @@ class CrossAttention(nn.Module):
         if kv_positions is not None:
             o = context_parallel.cross_attention(q, positions, k, v, kv_positions)
         elif lengths is None:
-            o = causal_attention(q, k, v, impl=cfg.attention_impl)
+            o = causal_attention(q, k, v, **_options(cfg))
         elif context_parallel.context_size() > 1:  # the cache is split along its length
             o = context_parallel.cache_attention(q, k, v, lengths)
         else:
-            o = cache_attention(q, k, v, lengths, impl=cfg.attention_impl)
+            o = cache_attention(q, k, v, lengths, **_options(cfg))
         return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim)), None
 
 
@@ -136,8 +141,8 @@ class SelfAttention(nn.Module):
         if cache is not None:
             new_cache = write_kv(cache, k, v, positions, valid)
         if cache is None or fresh:
-            o = causal_attention(q, k, v, impl=cfg.attention_impl)
+            o = causal_attention(q, k, v, **_options(cfg))
         else:
             lengths = positions[:, 0] + t
-            o = cache_attention(q, new_cache.k, new_cache.v, lengths, impl=cfg.attention_impl)
+            o = cache_attention(q, new_cache.k, new_cache.v, lengths, **_options(cfg))
         return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim)), new_cache

@@ -6,7 +6,6 @@ q `[B, Tq, Hq, D]`, k and v `[B, Tk, Hkv, D]`; query head h reads kv head h // (
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import flax.linen as nn
@@ -19,20 +18,6 @@ from yoco_jax.ops import attention_choice
 from yoco_jax.ops.chunked_attention import chunked_attention
 
 MAX_DECODE_QUERIES = 16
-_KERNEL_OPTIONS: dict = {}
-
-
-@contextlib.contextmanager
-def kernel_options(**options):
-    """Extra keywords for the Pallas kernels traced inside this block, e.g. `backend="tpu",
-    interpret=True` to run the TPU kernels in interpret mode on CPU, or tile sizes."""
-    saved = dict(_KERNEL_OPTIONS)
-    _KERNEL_OPTIONS.update(options)
-    try:
-        yield
-    finally:
-        _KERNEL_OPTIONS.clear()
-        _KERNEL_OPTIONS.update(saved)
 
 
 def resolve_impl(impl: str) -> str:
@@ -144,8 +129,11 @@ def causal_attention(
     *,
     window: int | None = None,
     impl: str = "xla",
+    backend: str | None = None,
+    interpret: bool | None = None,
 ) -> Float[Array, "B T Hq D"]:
-    """Causal self/cross attention over a whole sequence (training, full forward)."""
+    """Causal self/cross attention over a whole sequence (training, full forward).
+    `backend`, `interpret`: the Pallas kernels' (ModelConfig.kernel_options)."""
     impl = attention_choice.pick(impl, "causal", q, k.shape[1], window)
     if impl == "cudnn":
         return _per_device(attention_choice.cudnn_causal_attention, q, k, v)
@@ -153,7 +141,7 @@ def causal_attention(
         from yoco_jax import kernels
 
         kernel = lambda q, k, v: kernels.flash_attention(
-            q, k, v, causal=True, window=window, **_KERNEL_OPTIONS
+            q, k, v, causal=True, window=window, backend=backend, interpret=interpret
         )
         return _per_device(kernel, q, k, v)
     b, t = q.shape[:2]
@@ -169,9 +157,11 @@ def cache_attention(
     *,
     window: int | None = None,
     impl: str = "xla",
+    backend: str | None = None,
+    interpret: bool | None = None,
 ) -> Float[Array, "B Tq Hq D"]:
     """The last Tq positions of each sequence against its first `lengths` entries (`window`:
-    as in `causal_attention`).
+    as in `causal_attention`; `backend`, `interpret`: the Pallas kernels').
 
     Up to `MAX_DECODE_QUERIES` queries (decode) run the split-K Pallas decode kernel (no window)
     or the masked XLA path; a prefill chunk runs the Pallas chunk kernel or the blocked XLA
@@ -185,7 +175,7 @@ def cache_attention(
     if _use_kernel(impl, q.shape[-1], k_cache.shape[1]):
         from yoco_jax import kernels
 
-        options = {k: v for k, v in _KERNEL_OPTIONS.items() if k in ("backend", "interpret")}
+        options = {"backend": backend, "interpret": interpret}
         if decode and window is None:
             kernel = lambda *args: kernels.decode_attention(*args, **options)
         else:

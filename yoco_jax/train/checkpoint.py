@@ -15,7 +15,6 @@ warning naming it: restores fall back to the newest intact step.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from yoco_jax.config import ARCHITECTURE_FIELDS
 from yoco_jax.errors import CheckpointError
 from yoco_jax.sharding import unbox
 from yoco_jax.train.checksums import json_checksum, tree_checksums, verify
@@ -34,8 +34,6 @@ from yoco_jax.train.damage import CheckpointWarning, brief, listed, quiet_failed
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged-checkpoints"
-# Model fields that change how the model computes, not which parameters it has.
-RUNTIME_FIELDS = frozenset({"dtype", "attention_impl", "remat"})
 
 
 class Checkpointer:
@@ -173,13 +171,12 @@ def checkpoint_directory(output_dir: str) -> str:
 
 
 def check_compatible(saved_model: dict, model_config) -> None:
-    """Raises when a checkpoint's model config differs from the run's in a parameter-shaping
-    field (compute dtype, attention implementation and remat policy may change on resume)."""
-    current = dataclasses.asdict(model_config)
+    """Raises when a checkpoint's model config differs from the run's in its architecture
+    (runtime settings such as the compute dtype or remat policy may change on resume)."""
     differences = {
-        key: (saved_model.get(key), value)
-        for key, value in current.items()
-        if key not in RUNTIME_FIELDS and saved_model.get(key) != value
+        key: (saved_model.get(key), getattr(model_config, key))
+        for key in ARCHITECTURE_FIELDS
+        if saved_model.get(key) != getattr(model_config, key)
     }
     if differences:
         listed = ", ".join(
