@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import logging
 
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
+try:  # the class below subclasses lm-eval's, so the extra is needed at import
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+except ImportError as e:
+    raise ImportError(f"the lm-eval model needs lm-eval ({e}): pip install -e '.[eval]'") from e
 from tqdm import tqdm
 
 from yoco_jax.errors import CheckpointError

@@ -6,7 +6,10 @@ import socket
 import threading
 import time
 
-import uvicorn
+try:
+    import uvicorn
+except ImportError as e:
+    raise ImportError(f"serving needs uvicorn ({e}): pip install -e '.[serve]'") from e
 
 
 class BackgroundServer:
