@@ -20,7 +20,6 @@ import numpy as np
 from yoco_jax.config import ModelConfig
 from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, Buckets
 from yoco_jax.model import build_model, init_cache
-from yoco_jax.model.attention import write_kv
 from yoco_jax.model.cache import TransformerCache, YOCOCache
 from yoco_jax.model.handle import ModelHandle
 from yoco_jax.model.lm import new_token_layout
@@ -36,7 +35,7 @@ def _extend_all(module, tokens, cache, n_new, fresh: bool):
         x = module.embed_tokens(tokens)
         x, self_caches = module.self_decoder(x, positions, cache.self_layers, valid, fresh)
         k, v = module.cross_decoder.project_kv(x, positions)
-        kv = write_kv(cache.kv, k, v, positions, valid)
+        kv = cache.kv.write(k, v, positions, valid)
         # Query i of a row sits at cache.lengths + i: the T queries are the last T positions of
         # a sequence of cache.lengths + T (padding queries read garbage and are ignored).
         x = module.cross_decoder(x, positions, kv.k, kv.v, cache.lengths + tokens.shape[1])

@@ -1,6 +1,6 @@
 """Inference: sampling, chunked prefill, the jitted decode loop, generate, cache files."""
 
-from yoco_jax.inference.cache_io import grow_cache, load_cache, save_cache
+from yoco_jax.inference.cache_io import load_cache, save_cache
 from yoco_jax.inference.generate import (
     Buckets,
     Completion,
@@ -11,6 +11,7 @@ from yoco_jax.inference.generate import (
     start_decode,
 )
 from yoco_jax.inference.sampling import Sampling
+from yoco_jax.model.cache import grow_cache
 
 __all__ = [
     "Buckets",

@@ -1,5 +1,5 @@
-"""A prefilled cache on disk (one .npz: the NamedTuple's leaves plus the config as JSON), and
-growing a cache's K/V to a longer max_len.
+"""A prefilled cache on disk: one .npz holding the NamedTuple's leaves plus the config as JSON
+(the cache types themselves: model/cache.py).
 
 "Cache once": prefill a long document once, `save_cache`; later `load_cache` and ask questions
 with `generate(model, question, cache=cache)`, without running the document again. The file
@@ -19,26 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig, from_dict
-from yoco_jax.model.cache import KVCache, WindowKV, init_cache
-
-
-def cache_max_len(cache) -> int:
-    """The number of positions each sequence's global (or per-layer) K/V can hold."""
-    kv = cache.kv if hasattr(cache, "kv") else cache.layers[0]
-    return kv.k.shape[1]
-
-
-def grow_cache(cache, max_len: int):
-    """The same cache with every K/V zero-padded along time to `max_len` positions (a copy)."""
-    extra = max_len - cache_max_len(cache)
-    if extra < 0:
-        raise ValueError(f"cannot shrink a cache of {cache_max_len(cache)} positions to {max_len}")
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
-    return jax.tree.map(
-        lambda c: KVCache(pad(c.k), pad(c.v)) if isinstance(c, KVCache) else c,
-        cache,
-        is_leaf=lambda c: isinstance(c, KVCache),
-    )
+from yoco_jax.model.cache import Cache, KVCache, WindowKV, grow_cache, init_cache
 
 
 @jax.jit
@@ -74,7 +55,7 @@ def _with_kv_dtype(cache, dtype):
     return jax.tree.map(cast, cache, is_leaf=is_kv)
 
 
-def save_cache(path, cache, config: ModelConfig, logits=None, *, params=None) -> Path:
+def save_cache(path, cache: Cache, config: ModelConfig, logits=None, *, params=None) -> Path:
     """Writes `cache` (and optionally the prefill's last logits [B, V]) to `path` (.npz).
 
     `params`: the weights that made the cache; their fingerprint is stored, and `load_cache`
@@ -86,8 +67,8 @@ def save_cache(path, cache, config: ModelConfig, logits=None, *, params=None) ->
     meta = {
         "config": dataclasses.asdict(config),
         "batch": int(cache.lengths.shape[0]),
-        "max_len": cache_max_len(cache),
-        "kv_dtype": str((cache.kv if hasattr(cache, "kv") else cache.layers[0]).k.dtype),
+        "max_len": cache.max_len,
+        "kv_dtype": str(cache.kv_dtype),
         "dtypes": [str(x.dtype) for x in leaves],
         "params_fingerprint": None if params is None else params_fingerprint(params),
     }

@@ -23,9 +23,9 @@ from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.data.tokenizer_resolver import check_tokenizer
-from yoco_jax.inference.cache_io import cache_max_len, grow_cache
 from yoco_jax.inference.sampling import Sampling, check_seed, row_keys, sample
 from yoco_jax.model import build_model, init_cache
+from yoco_jax.model.cache import grow_cache
 from yoco_jax.model.handle import ModelHandle
 
 DEFAULT_PREFILL_CHUNK = 4096
@@ -163,7 +163,7 @@ def prefill_tokens(
         fresh = True
     else:
         fresh = False
-    room = cache_max_len(cache)
+    room = cache.max_len
     used = np.asarray(cache.lengths) + lengths
     if used.max(initial=0) > room:
         raise ValueError(
@@ -229,10 +229,10 @@ def start_decode(
     buffer = buffer or max(int(max_new.max()), 1)
     # The last new token is returned, never fed back: it needs no cache position.
     need = np.asarray(cache.lengths) + np.maximum(max_new - 1, 0)
-    if need.max() > cache_max_len(cache):
+    if need.max() > cache.max_len:
         raise ValueError(
             f"prompt + max_new_tokens - 1 (the last new token takes no cache position) reaches "
-            f"{int(need.max())} positions, beyond the cache's {cache_max_len(cache)}: pass a "
+            f"{int(need.max())} positions, beyond the cache's {cache.max_len}: pass a "
             "larger max_len or fewer max_new_tokens"
         )
     return DecodeState(
@@ -421,7 +421,7 @@ def generate(
         need = int(np.max(np.asarray(cache.lengths)[:n] + [len(p) for p in token_lists]))
         need += max_new_tokens - 1  # the last new token needs no cache position
         cache = jax.tree.map(jnp.copy, cache)  # the caller's cache stays usable
-        if need > cache_max_len(cache):
+        if need > cache.max_len:
             cache = grow_cache(cache, max_len or buckets.seq_len(need))
 
     width = buckets.seq_len(longest)

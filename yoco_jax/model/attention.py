@@ -4,7 +4,6 @@ cross-decoder) and full causal self-attention (the Transformer baseline)."""
 from __future__ import annotations
 
 import flax.linen as nn
-import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
@@ -23,23 +22,6 @@ def _dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) ->
 def _options(cfg: ModelConfig) -> dict:
     """The attention implementation and Pallas kernel options `cfg` asks of ops.attention."""
     return {"impl": cfg.attention_impl, **cfg.kernel_options}
-
-
-def _ring_positions(last: Int[Array, " B"], window: int) -> Int[Array, "B W"]:
-    """Which position each ring slot holds when `last` is the newest one (negative: empty)."""
-    slots = jnp.arange(window)
-    return last[:, None] - (last[:, None] - slots) % window
-
-
-def write_kv(cache: KVCache, k, v, positions, valid) -> KVCache:
-    """Writes new K/V `[B, T, H, D]` at their positions; padding (valid False) writes nothing."""
-    b = k.shape[0]
-    rows = jnp.arange(b)[:, None]
-    cols = jnp.where(valid, positions, cache.k.shape[1])  # out of range -> dropped
-    return KVCache(
-        cache.k.at[rows, cols].set(k.astype(cache.k.dtype), mode="drop"),
-        cache.v.at[rows, cols].set(v.astype(cache.v.dtype), mode="drop"),
-    )
 
 
 class SlidingWindowAttention(nn.Module):
@@ -72,14 +54,7 @@ class SlidingWindowAttention(nn.Module):
             keys, values, lengths = window_context(cache.k, cache.v, k, v, positions[:, 0])
             o = cache_attention(q, keys, values, lengths, window=w, **_options(cfg))
         if cache is not None:
-            start = positions[:, 0]
-            slot_pos = _ring_positions(start + valid.sum(axis=1) - 1, w)
-            from_new = (slot_pos >= start[:, None])[..., None, None]
-            idx = jnp.clip(slot_pos - start[:, None], 0, t - 1)[..., None, None]
-            take = lambda new, old: jnp.where(
-                from_new, jnp.take_along_axis(new.astype(old.dtype), idx, axis=1), old
-            )
-            new_cache = WindowKV(take(k, cache.k), take(v, cache.v))
+            new_cache = cache.write(k, v, positions, valid)
         out = _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim))
         return out, new_cache
 
@@ -139,7 +114,7 @@ class SelfAttention(nn.Module):
         q, k, v = project_qkv(cfg, x, positions, heads, kv_heads, d)
         new_cache = None
         if cache is not None:
-            new_cache = write_kv(cache, k, v, positions, valid)
+            new_cache = cache.write(k, v, positions, valid)
         if cache is None or fresh:
             o = causal_attention(q, k, v, **_options(cfg))
         else:

@@ -1,4 +1,5 @@
-"""Inference caches as explicit pytrees (NamedTuples), and their size in bytes.
+"""Inference caches as explicit pytrees (NamedTuples): construction, capacity, writing, growth
+and size in bytes (saving and loading them: inference/cache_io.py).
 
 YOCO keeps, per self-decoder layer, a float32 retention state (or a window-sized ring buffer
 for sliding-window attention), plus ONE global K/V for the whole cross-decoder. The Transformer
@@ -12,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
 
@@ -27,10 +28,50 @@ class WindowKV(NamedTuple):
     k: Float[Array, "B W H D"]
     v: Float[Array, "B W H D"]
 
+    def write(
+        self,
+        k: Float[Array, "B T H D"],
+        v: Float[Array, "B T H D"],
+        positions: Int[Array, "B T"],
+        valid: Bool[Array, "B T"],
+    ) -> WindowKV:
+        """The ring after new K/V at `positions` (each row's consecutive, from positions[:, 0];
+        padding, valid False, comes last and writes nothing)."""
+        window, t = self.k.shape[1], k.shape[1]
+        start = positions[:, 0]
+        slot_pos = _ring_positions(start + valid.sum(axis=1) - 1, window)
+        from_new = (slot_pos >= start[:, None])[..., None, None]
+        idx = jnp.clip(slot_pos - start[:, None], 0, t - 1)[..., None, None]
+        take = lambda new, old: jnp.where(
+            from_new, jnp.take_along_axis(new.astype(old.dtype), idx, axis=1), old
+        )
+        return WindowKV(take(k, self.k), take(v, self.v))
+
+
+def _ring_positions(last: Int[Array, " B"], window: int) -> Int[Array, "B W"]:
+    """Which position each ring slot holds when `last` is the newest one (negative: empty)."""
+    slots = jnp.arange(window)
+    return last[:, None] - (last[:, None] - slots) % window
+
 
 class KVCache(NamedTuple):
     k: Float[Array, "B S Hkv D"]
     v: Float[Array, "B S Hkv D"]
+
+    def write(
+        self,
+        k: Float[Array, "B T Hkv D"],
+        v: Float[Array, "B T Hkv D"],
+        positions: Int[Array, "B T"],
+        valid: Bool[Array, "B T"],
+    ) -> KVCache:
+        """New K/V written at their positions; padding (valid False) writes nothing."""
+        rows = jnp.arange(k.shape[0])[:, None]
+        cols = jnp.where(valid, positions, self.k.shape[1])  # out of range -> dropped
+        return KVCache(
+            self.k.at[rows, cols].set(k.astype(self.k.dtype), mode="drop"),
+            self.v.at[rows, cols].set(v.astype(self.v.dtype), mode="drop"),
+        )
 
 
 class YOCOCache(NamedTuple):
@@ -38,10 +79,47 @@ class YOCOCache(NamedTuple):
     kv: KVCache  # the single cache read by every cross-decoder layer
     lengths: Int[Array, " B"]
 
+    @property
+    def max_len(self) -> int:
+        """Positions each sequence can hold (the global K/V's length)."""
+        return self.kv.k.shape[1]
+
+    @property
+    def kv_dtype(self):
+        return self.kv.k.dtype
+
 
 class TransformerCache(NamedTuple):
     layers: tuple  # KVCache per layer
     lengths: Int[Array, " B"]
+
+    @property
+    def max_len(self) -> int:
+        """Positions each sequence can hold (every layer's K/V length)."""
+        return self.layers[0].k.shape[1]
+
+    @property
+    def kv_dtype(self):
+        return self.layers[0].k.dtype
+
+
+Cache = YOCOCache | TransformerCache
+
+
+def map_kv(cache: Cache, fn) -> Cache:
+    """`fn` over every KVCache of a cache (the global or per-layer K/V; not window rings)."""
+    if isinstance(cache, YOCOCache):
+        return cache._replace(kv=fn(cache.kv))
+    return cache._replace(layers=tuple(fn(c) for c in cache.layers))
+
+
+def grow_cache(cache: Cache, max_len: int) -> Cache:
+    """The same cache with every K/V zero-padded along time to `max_len` positions (a copy)."""
+    extra = max_len - cache.max_len
+    if extra < 0:
+        raise ValueError(f"cannot shrink a cache of {cache.max_len} positions to {max_len}")
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+    return map_kv(cache, lambda c: KVCache(pad(c.k), pad(c.v)))
 
 
 def _kv(cfg: ModelConfig, batch: int, length: int, dtype) -> KVCache:
@@ -49,7 +127,7 @@ def _kv(cfg: ModelConfig, batch: int, length: int, dtype) -> KVCache:
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None):
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
     """An empty cache for `batch` sequences of at most `max_len` tokens (K/V in `dtype`)."""
     dtype = jnp.dtype(dtype or cfg.dtype)
     lengths = jnp.zeros((batch,), jnp.int32)

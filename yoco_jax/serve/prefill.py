@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yoco_jax.inference.cache_io import cache_max_len
 from yoco_jax.inference.generate import _prefill_chunk
 from yoco_jax.model import init_cache
-from yoco_jax.model.cache import KVCache
+from yoco_jax.model.cache import KVCache, map_kv
 
 MIN_RUNG = 16
 
@@ -51,21 +50,14 @@ def prefill_plan(rungs: tuple[int, ...], chunk: int) -> int:
 def fit_cache(cache, max_len: int):
     """A cache whose K/V hold `max_len` positions: zero-padded, or cut where the positions past
     every row's length are unused (a saved prompt cache may be longer than it needs)."""
-    extra = max_len - cache_max_len(cache)
+    extra = max_len - cache.max_len
     if extra >= 0:
         fit = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
     elif int(np.max(np.asarray(cache.lengths))) <= max_len:
         fit = lambda x: x[:, :max_len]
     else:
         raise ValueError(f"a cache of {int(np.max(cache.lengths))} tokens cannot fit {max_len}")
-    return _map_kv(cache, lambda c: KVCache(fit(c.k), fit(c.v)))
-
-
-def _map_kv(cache, fn):
-    """`fn` over every KVCache of a cache (the global or per-layer K/V; not window buffers)."""
-    if hasattr(cache, "kv"):
-        return cache._replace(kv=fn(cache.kv))
-    return cache._replace(layers=tuple(fn(c) for c in cache.layers))
+    return map_kv(cache, lambda c: KVCache(fit(c.k), fit(c.v)))
 
 
 class RowPrefill:
