@@ -108,6 +108,9 @@ class Runtime:
     remat: str = "none"  # per-layer rematerialization policy
     kernel_backend: str | None = None  # Pallas family: gpu (Triton), tpu (Mosaic); null: device's
     kernel_interpret: bool | None = None  # Pallas interpret mode; null: unless on that device
+    # Layers of each stack under one nn.scan (params with a leading layer axis): compile time
+    # flat in depth. Either form loads into either (model/scan.py converts at the boundaries).
+    scan_layers: bool = False
 
     def __post_init__(self):
         _check_choices(self, {
@@ -117,6 +120,7 @@ class Runtime:
             "remat": ("none", "full", "dots", "dots_with_no_batch_dims"),
             "kernel_backend": (None, "gpu", "tpu"),
             "kernel_interpret": (None, True, False),
+            "scan_layers": (True, False),
         })  # fmt: skip
         _check_positive(self, ["chunk_size"])
 

@@ -11,6 +11,7 @@ the model's sentencepiece `tokenizer.model`, so the folder is complete for infer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from flax import traverse_util
 from yoco_jax.config import ARCHITECTURE_FIELDS, ModelConfig, from_dict
 from yoco_jax.data.tokenizer_resolver import TOKENIZER_FILE
 from yoco_jax.errors import CheckpointError, ConfigError
+from yoco_jax.model.scan import stack_layers, unstack_layers
 
 # YOCOArgs fields written to params.json: the architecture but `arch` (ours).
 OFFICIAL_FIELDS = tuple(k for k in ARCHITECTURE_FIELDS if k != "arch")
@@ -36,9 +38,10 @@ def _official_key(path: tuple[str, ...]) -> str:
 
 
 def to_state_dict(params) -> dict[str, np.ndarray]:
-    """Our params (nested, unboxed) -> {official key: numpy array in torch layout}."""
+    """Our params (nested, unboxed; either layer layout) -> {official key: numpy array in torch
+    layout}."""
     out = {}
-    for path, value in traverse_util.flatten_dict(params).items():
+    for path, value in traverse_util.flatten_dict(unstack_layers(params)).items():
         value = np.asarray(jax.device_get(value))
         out[_official_key(path)] = value.T if path[-1] == "kernel" else value
     return out
@@ -178,11 +181,12 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{folder / 'params.json'} is not valid JSON: {e}") from e
     config = from_dict(data, **overrides)
+    unrolled = dataclasses.replace(config, scan_layers=False)  # the file's layout
     template = jax.eval_shape(
-        lambda: build_model(config).init(jax.random.key(0), np.zeros((1, 1), np.int32))
+        lambda: build_model(unrolled).init(jax.random.key(0), np.zeros((1, 1), np.int32))
     )["params"]
-    template = nn.unbox(template)
-    return config, from_state_dict(_read_weights(folder), template)
+    params = from_state_dict(_read_weights(folder), nn.unbox(template))
+    return config, stack_layers(params) if config.scan_layers else params
 
 
 if __name__ == "__main__":  # `python -m yoco_jax.export`: the command lives in yoco_jax/cli

@@ -17,6 +17,7 @@ from yoco_jax.config import RUNTIME_FIELDS, ModelConfig, replace_checked
 from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError, ConfigError
 from yoco_jax.model.handle import ModelHandle
+from yoco_jax.model.scan import to_layout
 
 
 def check_runtime_overrides(overrides: dict) -> None:
@@ -32,11 +33,13 @@ def check_runtime_overrides(overrides: dict) -> None:
 
 def with_runtime(config: ModelConfig, params, **overrides) -> tuple[ModelConfig, Any]:
     """(config, params) under other runtime settings (config.RUNTIME_FIELDS); a new
-    param_dtype casts the parameters."""
+    param_dtype casts the parameters, a new scan_layers changes their layer layout."""
     check_runtime_overrides(overrides)
     new = replace_checked(config, **overrides)
     if new.param_dtype != config.param_dtype:
         params = jax.tree.map(lambda x: x.astype(new.param_dtype), params)
+    if new.scan_layers != config.scan_layers:
+        params = to_layout(params, new.scan_layers)
     return new, params
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import flax.linen as nn
 from jaxtyping import Array, Float, Int
 
-from yoco_jax.model.block import ACTIVATION_AXES, layer_class
+from yoco_jax.model.block import ACTIVATION_AXES
 from yoco_jax.model.cache import TransformerCache
 from yoco_jax.model.lm import LanguageModel, default_positions, last_tokens, new_token_layout
+from yoco_jax.model.scan import make_layers, run_layers
 
 
 class Transformer(LanguageModel):
@@ -17,15 +18,11 @@ class Transformer(LanguageModel):
     def setup(self):
         super().setup()
         cfg = self.config
-        self.layers = [layer_class(cfg)(cfg, "attention") for _ in range(cfg.n_layers)]
+        self.layers = make_layers(cfg, "attention", cfg.n_layers)
 
     def _run(self, tokens, positions, caches=None, valid=None, fresh=False):
         x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
-        new = []
-        for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, fresh, (None if caches is None else caches[i], valid))
-            new.append(c)
-        return x, tuple(new)
+        return run_layers(self.layers, x, positions, fresh, caches, valid)
 
     def hidden(
         self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None

@@ -6,11 +6,12 @@ import flax.linen as nn
 from jaxtyping import Array, Float, Int
 
 from yoco_jax.config import ModelConfig
-from yoco_jax.model.block import ACTIVATION_AXES, layer_class
+from yoco_jax.model.block import ACTIVATION_AXES
 from yoco_jax.model.cache import YOCOCache
 from yoco_jax.model.layers import Linear, RMSNorm
 from yoco_jax.model.lm import LanguageModel, default_positions, last_tokens, new_token_layout
 from yoco_jax.model.rotary import apply_rotary
+from yoco_jax.model.scan import make_layers, run_cross, run_layers
 from yoco_jax.ops import context_parallel
 
 
@@ -22,15 +23,11 @@ class SelfDecoder(nn.Module):
     def setup(self):
         cfg = self.config
         mixer = "window" if cfg.sliding_window is not None else "retention"
-        self.layers = [layer_class(cfg)(cfg, mixer) for _ in range(cfg.half_layers)]
+        self.layers = make_layers(cfg, mixer, cfg.half_layers)
 
     def __call__(self, x, positions, caches=None, valid=None, fresh=False):
         """Returns the output and the new per-layer caches (None without caches)."""
-        new = []
-        for i, layer in enumerate(self.layers):
-            x, c = layer(x, positions, fresh, (None if caches is None else caches[i], valid))
-            new.append(c)
-        return x, None if caches is None else tuple(new)
+        return run_layers(self.layers, x, positions, fresh, caches, valid)
 
 
 class CrossDecoder(nn.Module):
@@ -44,7 +41,7 @@ class CrossDecoder(nn.Module):
         self.kv_layer_norm = RMSNorm(cfg.norm_eps, True, cfg.dtype, cfg.param_dtype)
         self.k_proj = Linear(kv, ("embed", "kv_heads"), cfg.dtype, cfg.param_dtype)
         self.v_proj = Linear(kv, ("embed", "kv_heads"), cfg.dtype, cfg.param_dtype)
-        self.layers = [layer_class(cfg)(cfg, "cross") for _ in range(cfg.half_layers)]
+        self.layers = make_layers(cfg, "cross", cfg.half_layers)
 
     def project_kv(self, x, positions):
         """The global K (with rotary) and V, `[B, T, n_attn_kv_heads, attn_head_dim]`."""
@@ -56,9 +53,7 @@ class CrossDecoder(nn.Module):
         return k, self.v_proj(h).reshape(shape)
 
     def __call__(self, x, positions, k, v, lengths=None, kv_positions=None):
-        for layer in self.layers:
-            x, _ = layer(x, positions, False, (k, v, lengths, kv_positions))
-        return x
+        return run_cross(self.layers, x, positions, (k, v, lengths, kv_positions))
 
 
 class YOCO(LanguageModel):

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 
 from yoco_jax.config import ARCHITECTURE_FIELDS
 from yoco_jax.errors import CheckpointError
+from yoco_jax.model.scan import is_stacked, to_layout
 from yoco_jax.sharding import unbox
 from yoco_jax.train.checksums import json_checksum, tree_checksums, verify
 from yoco_jax.train.damage import CheckpointWarning, brief, listed, quiet_failed_restores
@@ -81,9 +82,12 @@ class Checkpointer:
         """(state, data stream states, config) of checkpoint `step`, checked against its
         checksums (CheckpointError if they differ).
 
-        abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings.
+        abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings, in either
+        layer layout (model/scan.py): a checkpoint saved in the other one is converted.
         """
         checked = _has_checksums(self.directory, step)
+        saved_scanned = bool(self.read_config(step).get("model", {}).get("scan_layers", False))
+        target, abstract_state = abstract_state, to_layout(abstract_state, saved_scanned)
         restored = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -100,7 +104,14 @@ class Checkpointer:
             verify({"data": sums["data"], "config": sums["config"]},
                    {"data": json_checksum(restored.data), "config": json_checksum(restored.config)},
                    what)  # fmt: skip
-        return restored.state, restored.data["streams"], restored.config
+        state = restored.state
+        if is_stacked(target.params) != saved_scanned:
+            state = jax.tree.map(
+                lambda x, t: jax.device_put(x, t.sharding),
+                to_layout(state, not saved_scanned),
+                target,
+            )
+        return state, restored.data["streams"], restored.config
 
     def read_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
