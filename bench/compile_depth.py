@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import yoco_jax
 from bench.machine import describe
 from yoco_jax import sharding
-from yoco_jax.inference.generate import DecodeState, _decode_loop
+from yoco_jax.inference.decode_loop import DecodeState, _decode_loop
 from yoco_jax.inference.sampling import Sampling, row_keys
 from yoco_jax.model import build_model, init_cache
 from yoco_jax.train.config import TrainConfig

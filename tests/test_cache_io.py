@@ -8,7 +8,7 @@ import pytest
 
 import yoco_jax
 from yoco_jax.inference import decode, load_cache, prefill, save_cache
-from yoco_jax.inference.generate import start_decode
+from yoco_jax.inference.decode_loop import start_decode
 from yoco_jax.model import init_cache
 
 DOC, QUESTION = 21, 5  # the question (<= 16 tokens) runs the Pallas decode kernel

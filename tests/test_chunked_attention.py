@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import yoco_jax
-from yoco_jax.inference.generate import prefill_tokens
+from yoco_jax.inference.chunked_prefill import prefill_tokens
 from yoco_jax.kernels import chunk_attention
 from yoco_jax.kernels.reference import decode_attention_reference
 from yoco_jax.ops.chunked_attention import chunked_attention, window_context

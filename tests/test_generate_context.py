@@ -6,7 +6,7 @@ import pytest
 
 import yoco_jax
 from yoco_jax.inference import decode, generate, prefill
-from yoco_jax.inference.generate import start_decode
+from yoco_jax.inference.decode_loop import start_decode
 
 MAX_LEN = 16
 

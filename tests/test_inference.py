@@ -23,7 +23,8 @@ from yoco_jax.inference import (
     prefill,
     save_cache,
 )
-from yoco_jax.inference.generate import _decode_loop, _prefill_chunk
+from yoco_jax.inference.chunked_prefill import _prefill_chunk
+from yoco_jax.inference.decode_loop import _decode_loop
 from yoco_jax.inference.sampling import Sampling, filter_logits, row_keys, sample
 from yoco_jax.model import init_cache
 from yoco_jax.model.cache import cache_bytes, tree_bytes

@@ -12,7 +12,7 @@ import pytest
 import yoco_jax
 from yoco_jax.data import demo_tokenizer
 from yoco_jax.inference import generate
-from yoco_jax.inference.generate import _prefill_chunk
+from yoco_jax.inference.chunked_prefill import _prefill_chunk
 from yoco_jax.serve.engine import Engine, QueueFull, Request
 from yoco_jax.serve.step import decode_block, insert_row
 from yoco_jax.serve.text import TextStream

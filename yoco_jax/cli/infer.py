@@ -30,7 +30,8 @@ from yoco_jax import compile_cache
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import one_line_warnings, reported
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
-from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, Buckets, generate
+from yoco_jax.inference.generate import generate
+from yoco_jax.inference.plan import DEFAULT_PREFILL_CHUNK, Buckets, plan
 
 OUTPUT_KEYS = ("completion", "completion_tokens", "finish_reason")
 
@@ -168,8 +169,10 @@ def _check_memory(model, token_lists, args) -> None:
 
     buckets = Buckets()  # what generate uses
     rows = buckets.batch_size(min(args.batch_size, len(token_lists)))
-    longest = max(map(len, token_lists))
-    positions = args.max_len or buckets.seq_len(longest + args.max_new_tokens)
+    positions = plan(
+        [len(t) for t in token_lists], args.max_new_tokens, buckets=buckets,
+        chunk_size=args.prefill_chunk, max_len=args.max_len,
+    ).max_len  # fmt: skip
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids
     free = _available_bytes()
     if need > free:

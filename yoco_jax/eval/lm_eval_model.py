@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from yoco_jax.errors import CheckpointError
 from yoco_jax.eval.scoring import score_rows
-from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, generate
+from yoco_jax.inference.generate import generate
+from yoco_jax.inference.plan import DEFAULT_PREFILL_CHUNK
 from yoco_jax.pretrained import load_handle
 
 log = logging.getLogger(__name__)

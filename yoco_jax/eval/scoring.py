@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig
-from yoco_jax.inference.generate import DEFAULT_PREFILL_CHUNK, Buckets
+from yoco_jax.inference.plan import DEFAULT_PREFILL_CHUNK, Buckets, plan
 from yoco_jax.model import build_model, init_cache
 from yoco_jax.model.cache import TransformerCache, YOCOCache
 from yoco_jax.model.handle import ModelHandle
@@ -58,9 +58,8 @@ def _score_chunk(config: ModelConfig, params, tokens, targets, n_new, cache, fre
 def score_batch(model: ModelHandle, rows: Sequence[Sequence[int]], *, chunk_size: int, n_rows: int):
     """Rows of >= 2 tokens, padded into one batch of `n_rows` -> per row (log-probs [L - 1],
     greedy [L - 1]) of tokens 1..L-1 given the tokens before them."""
-    width = Buckets().seq_len(max(len(r) for r in rows) - 1)  # a power of two, >= 16
-    chunk = min(chunk_size, width)
-    width = -(-width // chunk) * chunk
+    shape = plan([len(r) - 1 for r in rows], buckets=Buckets(), chunk_size=chunk_size)
+    width, chunk = shape.width, shape.chunk  # a power of two (>= 16), a multiple of the chunk
     inputs = np.zeros((n_rows, width), np.int32)
     targets = np.zeros((n_rows, width), np.int32)
     n = np.zeros((n_rows,), np.int32)

@@ -21,7 +21,7 @@ from collections import deque
 import jax
 import numpy as np
 
-from yoco_jax.inference.generate import stop_array
+from yoco_jax.inference.decode_loop import stop_array
 from yoco_jax.serve.metrics import Metrics
 from yoco_jax.serve.prefill import RowPrefill, ladder, prefill_plan
 from yoco_jax.serve.request import Request, Result

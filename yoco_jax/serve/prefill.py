@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from yoco_jax.inference.generate import _prefill_chunk
+from yoco_jax.inference.chunked_prefill import _prefill_chunk
 from yoco_jax.model import init_cache
 from yoco_jax.model.cache import KVCache, map_kv
 

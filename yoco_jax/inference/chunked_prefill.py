@@ -1,0 +1,101 @@
+"""Prefill: prompts run through `extend` chunk by chunk into a cache (activation memory bounded
+by a chunk; the global K/V written once; YOCO's cross-decoder runs only at each chunk's last
+token)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from yoco_jax.config import ModelConfig
+from yoco_jax.inference.plan import (
+    DEFAULT_BUCKETS,
+    DEFAULT_PREFILL_CHUNK,
+    Buckets,
+    check_positive,
+    plan,
+)
+from yoco_jax.inference.prompts import as_token_lists, check_prompts, pad_prompts
+from yoco_jax.model import build_model, init_cache
+from yoco_jax.model.cache import Cache
+from yoco_jax.model.handle import ModelHandle
+
+
+@functools.partial(jax.jit, static_argnames=("config", "fresh"), donate_argnames=("cache", "last"))
+def _prefill_chunk(config: ModelConfig, params, tokens, n_new, cache, last, fresh: bool):
+    """extend over one chunk; rows with no new token keep their previous last logits."""
+    logits, cache = build_model(config).apply(
+        {"params": params}, tokens, cache, n_new, fresh=fresh, method="extend"
+    )
+    return jnp.where((n_new > 0)[:, None], logits, last), cache
+
+
+def prefill_tokens(
+    model: ModelHandle,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    cache: Cache | None = None,
+    *,
+    max_len: int | None = None,
+    chunk_size: int = DEFAULT_PREFILL_CHUNK,
+):
+    """Right-padded int tokens [B, P] (lengths[b] real ones, 0 allowed) -> (logits [B, V], cache).
+
+    Without `cache`, a fresh one of `max_len` positions (default P) is made. P need not be a
+    multiple of `chunk_size`: a shorter last chunk costs one more compilation.
+    """
+    check_positive("chunk_size", chunk_size)
+    cfg = model.config
+    b, p = tokens.shape
+    fresh = cache is None
+    if fresh:
+        cache = init_cache(cfg, b, max_len or p)
+    used = np.asarray(cache.lengths) + lengths
+    if used.max(initial=0) > cache.max_len:
+        raise ValueError(
+            f"prompt needs {int(used.max())} cache positions but the cache holds "
+            f"{cache.max_len}: pass a larger max_len"
+        )
+    last = jnp.zeros((b, cfg.vocab_size), jnp.float32)
+    for start in range(0, max(p, 1), chunk_size):
+        chunk = tokens[:, start : start + chunk_size]
+        n_new = np.clip(lengths - start, 0, chunk.shape[1]).astype(np.int32)
+        last, cache = _prefill_chunk(cfg, model.params, chunk, n_new, cache, last, fresh)
+        fresh = False
+    return last, cache
+
+
+def prefill(
+    model: ModelHandle,
+    prompts,
+    *,
+    cache: Cache | None = None,
+    max_len: int | None = None,
+    chunk_size: int = DEFAULT_PREFILL_CHUNK,
+    tokenizer=None,
+    buckets: Buckets = DEFAULT_BUCKETS,
+):
+    """Prompts (token lists or strings) -> (last-position logits [B, V], cache).
+
+    With `cache` (e.g. a loaded document), the prompts continue it (one per cache row); without,
+    a fresh cache of `max_len` positions (default: the longest prompt's bucket). The prompt
+    width is padded to a bucket, then to a multiple of the chunk, so chunks share one shape.
+    """
+    check_positive("chunk_size", chunk_size)
+    token_lists, _ = as_token_lists(prompts, tokenizer or model.tokenizer)
+    check_prompts(model, token_lists)
+    if cache is not None and len(token_lists) != cache.lengths.shape[0]:
+        raise ValueError(
+            f"{len(token_lists)} prompts for a cache of {cache.lengths.shape[0]} rows: "
+            "give one prompt per cache row"
+        )
+    used = None if cache is None else np.asarray(cache.lengths)
+    shape = plan([len(p) for p in token_lists], buckets=buckets, chunk_size=chunk_size,
+                 max_len=max_len, used=used)  # fmt: skip
+    tokens, lengths = pad_prompts(token_lists, len(token_lists), shape.width)
+    return prefill_tokens(
+        model, tokens, lengths, cache, max_len=shape.max_len, chunk_size=shape.chunk
+    )

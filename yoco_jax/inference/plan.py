@@ -1,0 +1,94 @@
+"""The shapes of a generation batch, decided in one place: the padded prompt width and its
+prefill chunk, and the cache positions (room) prompts plus new tokens need.
+
+Widths and cache lengths go to buckets (powers of two, or a ladder), so a stream of requests
+compiles a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+DEFAULT_PREFILL_CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """Shape ladders; a size goes to the smallest rung that holds it, past the last rung (or
+    with no ladder) to the next power of two, never below `min_length`."""
+
+    batch: tuple[int, ...] = ()
+    length: tuple[int, ...] = ()
+    min_length: int = 16
+
+    def batch_size(self, n: int) -> int:
+        return bucket(n, self.batch, 1)
+
+    def seq_len(self, n: int) -> int:
+        return bucket(n, self.length, self.min_length)
+
+
+DEFAULT_BUCKETS = Buckets()  # powers of two, lengths >= 16
+
+
+def bucket(n: int, ladder: Sequence[int], minimum: int) -> int:
+    """The smallest rung of `ladder` >= n, else the next power of two >= n (at least `minimum`)."""
+    for rung in sorted(ladder):
+        if rung >= n:
+            return rung
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def check_positive(name: str, value) -> None:
+    """Raises unless `value` is a positive integer (a chunk, block or step count)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+class Plan(NamedTuple):
+    width: int  # padded prompt width: the longest prompt's bucket, then a multiple of `chunk`
+    chunk: int  # prefill chunk (every chunk of the padded prompts has this width)
+    max_len: int  # cache positions: a fresh cache's length, or what a continued one grows to
+    need: int  # positions the longest row uses: cached + prompt + max_new_tokens - 1
+
+
+def plan(
+    lengths: Sequence[int],
+    max_new_tokens: int = 0,
+    *,
+    buckets: Buckets,
+    chunk_size: int,
+    max_len: int | None = None,
+    used: Sequence[int] | None = None,
+) -> Plan:
+    """The shapes for prompts of `lengths` tokens followed by `max_new_tokens` new ones.
+
+    The last new token is returned, never fed back: it needs no cache position. `used`: tokens
+    already in a cache being continued (one per prompt); None for a fresh cache, whose length is
+    `max_len` (default: the bucket of the longest prompt + max_new_tokens) and must hold `need`.
+    A continued cache holding fewer than `need` positions grows to `max_len` (default: the
+    bucket of `need`).
+    """
+    check_positive("chunk_size", chunk_size)
+    longest = max(lengths)
+    width = buckets.seq_len(longest)
+    chunk = min(chunk_size, width)
+    width = -(-width // chunk) * chunk
+    filled = longest if used is None else int(np.max(np.asarray(used) + np.asarray(lengths)))
+    need = filled + max(max_new_tokens - 1, 0)
+    if used is not None:
+        return Plan(width, chunk, max_len or buckets.seq_len(need), need)
+    max_len = max_len or buckets.seq_len(longest + max_new_tokens)
+    if need > max_len and max_new_tokens:
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} - 1 (the last new "
+            f"token takes no cache position) does not fit the context max_len={max_len}: "
+            "shorten the prompt or raise max_len"
+        )
+    if need > max_len:
+        raise ValueError(f"prompt of {longest} tokens is longer than the context max_len={max_len}")
+    return Plan(width, chunk, max_len, need)
