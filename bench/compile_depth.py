@@ -1,6 +1,6 @@
 """Compile time against depth: `logits`, the train step and the decode loop of a tiny-width model
-at 4 to 48 layers (CPU). Layers are unrolled today, so each grows with depth; a scan over layers
-should make them flat.
+at 4 to 48 layers (CPU), with the layers unrolled and under one scan (`scan_layers=True`).
+Unrolled, each grows with depth; scanned, the layer stack is traced and compiled once.
 
     python -m bench.compile_depth                          # yoco-tiny width, depths 4..48
     python -m bench.compile_depth --config transformer-tiny --depths 4 8 16
@@ -34,6 +34,8 @@ from yoco_jax.train.step import Trainer
 ROOT = Path(__file__).resolve().parent.parent
 DEPTHS = [4, 8, 16, 32, 48]
 BATCH, LENGTH, CACHE, STEPS = 2, 64, 128, 8
+FORMS = {"unrolled": False, "scanned": True}  # form -> scan_layers
+WHAT = ("logits", "train_step", "decode_loop")
 
 
 def _timed(jitted, *args) -> dict:
@@ -84,18 +86,23 @@ def section(results: dict) -> str:
     lines = [
         f"## Compile time against depth: {results['config']} width, {m['device']}, "
         f"jax {m['jax']}, {results['date']}\n",
-        "`python -m bench.compile_depth` (layers unrolled). Seconds to lower (trace + StableHLO)"
-        " + compile, from abstract shapes; train step: AdamW, batch "
-        f"{BATCH} x {LENGTH}; decode loop: {STEPS} steps into a {CACHE}-slot cache.\n",
-        "| layers | logits | train step | decode loop |",
-        "|---:|---:|---:|---:|",
+        "`python -m bench.compile_depth`. Seconds to lower (trace + StableHLO) + compile, from"
+        " abstract shapes, with the layers unrolled and scanned (`scan_layers=True`); train "
+        f"step: AdamW, batch {BATCH} x {LENGTH}; decode loop: {STEPS} steps into a "
+        f"{CACHE}-slot cache.\n",
+        "| layers | layers are | logits | train step | decode loop |",
+        "|---:|---|---:|---:|---:|",
     ]
     for row in results["rows"]:
-        cells = [
-            f"{row[w]['lower_s']:.1f} + {row[w]['compile_s']:.1f}" if w in row else "skipped"
-            for w in ("logits", "train_step", "decode_loop")
-        ]
-        lines.append(f"| {row['layers']} | " + " | ".join(cells) + " |")
+        for form in FORMS:
+            times = row.get(form, {})
+            cells = [
+                f"{times[w]['lower_s']:.1f} + {times[w]['compile_s']:.1f}"
+                if w in times
+                else "skipped"
+                for w in WHAT
+            ]
+            lines.append(f"| {row['layers']} | {form} | " + " | ".join(cells) + " |")
     if results.get("note"):
         lines.append(f"\n{results['note']}")
     if results.get("plot"):
@@ -110,10 +117,12 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    rows = [r for r in results["rows"] if "decode_loop" in r]
-    for what in ("logits", "train_step", "decode_loop"):
-        total = [r[what]["lower_s"] + r[what]["compile_s"] for r in rows]
-        ax.plot([r["layers"] for r in rows], total, marker="o", label=what)
+    for form, style in zip(FORMS, ("-", "--")):
+        rows = [r for r in results["rows"] if form in r]
+        for what, color in zip(WHAT, ("C0", "C1", "C2")):
+            total = [r[form][what]["lower_s"] + r[form][what]["compile_s"] for r in rows]
+            ax.plot([r["layers"] for r in rows], total, style, color=color, marker="o",
+                    label=f"{what}, {form}")  # fmt: skip
     ax.set_xlabel("layers")
     ax.set_ylabel("lower + compile (s)")
     ax.set_title(f"Compile time, {results['config']} width, {results['machine']['device']}")
@@ -140,21 +149,24 @@ def main(argv=None) -> dict:
         "rows": [],
     }
     # Warm-up (not recorded): the first compilations of a process also pay one-time setup.
-    measure(yoco_jax.get_config(args.config, n_layers=2))
+    for scan in FORMS.values():
+        measure(yoco_jax.get_config(args.config, n_layers=2, scan_layers=scan))
     deadline = time.perf_counter() + args.budget_s
     print(
-        f"{'layers':>6} {'logits':>12} {'train step':>12} {'decode loop':>12}  (lower + compile, s)"
+        f"{'layers':>6} {'form':>9} {'logits':>12} {'train step':>12} {'decode loop':>12}  "
+        "(lower + compile, s)"
     )
     for depth in sorted(args.depths):
-        if time.perf_counter() > deadline:
-            print(f"{depth:>6} skipped: time budget", flush=True)
-            results["rows"].append({"layers": depth})
-            continue
-        cfg = yoco_jax.get_config(args.config, n_layers=depth)
-        row = {"layers": depth, **measure(cfg)}
+        row = {"layers": depth}
         results["rows"].append(row)
-        cells = [f"{row[w]['lower_s']:5.1f} +{row[w]['compile_s']:5.1f}" for w in list(row)[1:]]
-        print(f"{depth:>6} " + " ".join(f"{c:>12}" for c in cells), flush=True)
+        for form, scan in FORMS.items():
+            if time.perf_counter() > deadline:
+                print(f"{depth:>6} {form:>9} skipped: time budget", flush=True)
+                continue
+            cfg = yoco_jax.get_config(args.config, n_layers=depth, scan_layers=scan)
+            row[form] = measure(cfg)
+            cells = [f"{t['lower_s']:5.1f} +{t['compile_s']:5.1f}" for t in row[form].values()]
+            print(f"{depth:>6} {form:>9} " + " ".join(f"{c:>12}" for c in cells), flush=True)
     args.docs.mkdir(parents=True, exist_ok=True)
     results["plot"] = "bench-compile-depth.png"
     plot(results, args.docs / results["plot"])
