@@ -181,3 +181,15 @@ def use_mesh(mesh: Mesh):
     activations and LOGICAL_RULES to translate their names."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
         yield
+
+
+@contextlib.contextmanager
+def ensure_mesh(mesh: Mesh):
+    """`use_mesh(mesh)` unless it is in force already (a training run enters it once, so its
+    steps do not enter it again; a standalone call still traces under the mesh)."""
+    active = jax.sharding.get_mesh() == mesh
+    if active and tuple(nn.get_logical_axis_rules()) == tuple(LOGICAL_RULES):
+        yield
+    else:
+        with use_mesh(mesh):
+            yield

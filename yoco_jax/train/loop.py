@@ -45,11 +45,16 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
 
 
 def _train(config: TrainConfig, model_config, tokenizer) -> dict:
+    mesh = _mesh(config)
+    with sharding.use_mesh(mesh):  # once per run: every trace, step and save sees the mesh
+        return _train_in_mesh(config, model_config, tokenizer, mesh)
+
+
+def _train_in_mesh(config: TrainConfig, model_config, tokenizer, mesh) -> dict:
     from yoco_jax.data.corpus import resolve_sources
     from yoco_jax.data.pipeline import eval_documents
     from yoco_jax.model import build_model
 
-    mesh = _mesh(config)
     trainer = Trainer(
         build_model(model_config),
         make_optimizer(config),

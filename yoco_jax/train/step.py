@@ -49,7 +49,7 @@ class Trainer:
         self.module, self.optimizer, self.schedule, self.mesh = module, optimizer, schedule, mesh
         self.grad_accum, self.loss_chunk = grad_accum, loss_chunk
         self.batch_sharding = sharding.batch_sharding(mesh)
-        with sharding.use_mesh(mesh):
+        with sharding.ensure_mesh(mesh):
             boxed = jax.eval_shape(lambda rng: self._init(rng, unbox=False), jax.random.key(0))
             self.state_shardings = sharding.logical_shardings(boxed, mesh)
         self.abstract_state = jax.tree_util.tree_map(
@@ -76,10 +76,11 @@ class Trainer:
             out_shardings=replicated,
         )
 
-    # Public entry points: run inside the mesh context so activation constraints apply.
+    # Public entry points trace under the mesh context, so activation constraints apply. The
+    # training loop enters it once for the run (train/loop.py); a standalone call enters it.
 
     def init(self, seed: int) -> TrainState:
-        with sharding.use_mesh(self.mesh):
+        with sharding.ensure_mesh(self.mesh):
             return self._init_jit(jax.random.key(seed))
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -90,18 +91,18 @@ class Trainer:
         (False: the update was skipped; the step still advances, so the schedule goes on, while
         Adam's moments and bias-correction count stay those of the updates applied).
         """
-        with sharding.use_mesh(self.mesh):
+        with sharding.ensure_mesh(self.mesh):
             return self._train_jit(state, batch)
 
     def gradients(self, state: TrainState, batch: dict):
         """(float32 gradient of the token-mean loss, summed loss, token count) of a global batch,
         accumulated over `grad_accum` micro-batches: the gradient `train_step` applies."""
-        with sharding.use_mesh(self.mesh):
+        with sharding.ensure_mesh(self.mesh):
             return self._gradients_jit(state, batch)
 
     def eval_loss_sums(self, params, batch: dict) -> tuple[jax.Array, jax.Array]:
         """(summed loss, counted tokens) of one batch."""
-        with sharding.use_mesh(self.mesh):
+        with sharding.ensure_mesh(self.mesh):
             return self._eval_jit(params, batch)
 
     # Traced bodies.
