@@ -1,5 +1,5 @@
-"""Test setup: 8 CPU devices so meshes and sharding run for real, float32 matmuls, and the
-official models' test data."""
+"""Test setup: 8 CPU devices so meshes and sharding run for real, float32 matmuls, jaxtyping's
+run-time shape checks on the package, and the official models' test data."""
 
 import os
 from pathlib import Path
@@ -12,8 +12,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("YOCO_COMPILE_CACHE", "0")
 
 import jax  # noqa: E402
+import jaxtyping  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Every annotation of the package is checked at run time (beartype on each call; a dimension
+# named alike in one signature must agree), installed before anything imports yoco_jax. The
+# PEP 484 numeric tower: an int is a valid `float`, as the annotations mean it.
+# YOCO_TYPECHECK=0 leaves it off (to time a test without it).
+if os.environ.get("YOCO_TYPECHECK", "1") != "0":
+    jaxtyping.install_import_hook(
+        "yoco_jax", "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
+    )
 
 
 @pytest.fixture(scope="session")

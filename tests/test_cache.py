@@ -33,7 +33,7 @@ def test_kv_write_puts_tokens_at_their_positions_and_drops_padding():
     k = rng.normal(size=(2, 3, 1, 2)).astype(np.float32)
     positions = np.array([[0, 1, 2], [4, 5, 6]])  # row 1's third token is padding
     valid = np.array([[True, True, True], [True, True, False]])
-    out = cache.write(k, -k, positions, valid)
+    out = cache.write(*map(jnp.asarray, (k, -k, positions, valid)))
     want = np.zeros((2, 6, 1, 2), np.float32)
     want[0, :3], want[1, 4:6] = k[0], k[1, :2]
     np.testing.assert_array_equal(out.k, want)
@@ -50,7 +50,7 @@ def test_window_write_keeps_the_last_window_positions_in_their_slots():
         k = rng.normal(size=(2, t, 1, 1)).astype(np.float32)
         positions = np.array([w + np.arange(t) for w in written])
         valid = np.arange(t)[None] < np.array(lengths)[:, None]
-        ring = ring.write(k, k, positions, valid)
+        ring = ring.write(*map(jnp.asarray, (k, k, positions, valid)))
         for b, n in enumerate(lengths):
             for i in range(n):
                 slots[b, (written[b] + i) % window] = k[b, i, 0, 0]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 from yoco_jax.data.corpus import KINDS
 
 
+# Not type-checked at run time: __post_init__ checks every value with a message naming the fix
+# (the annotations give the values as stored, after a list path becomes a tuple).
+@typing.no_type_check
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Training data.

@@ -14,6 +14,7 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import SupportsIndex
 
 import sentencepiece as spm
 
@@ -124,7 +125,7 @@ class Tokenizer:
         """`encode` of each text (no specials), in C++ threads."""
         return self._processor.encode(list(texts), num_threads=num_threads)
 
-    def decode(self, ids: Iterable[int]) -> str:
+    def decode(self, ids: Iterable[SupportsIndex]) -> str:
         return self._processor.decode([int(i) for i in ids])
 
     @property

@@ -63,7 +63,7 @@ def plan(
     buckets: Buckets,
     chunk_size: int,
     max_len: int | None = None,
-    used: Sequence[int] | None = None,
+    used: Sequence[int] | np.ndarray | None = None,
 ) -> Plan:
     """The shapes for prompts of `lengths` tokens followed by `max_new_tokens` new ones.
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 
 class Sampling(NamedTuple):
@@ -41,9 +41,10 @@ class Sampling(NamedTuple):
 
 
 def filter_logits(
-    logits: Float[Array, "B V"], top_k: Int[Array, ""], top_p: Float[Array, ""]
+    logits: Float[Array, "B V"], top_k: Int[ArrayLike, "*r"], top_p: Float[ArrayLike, "*r"]
 ) -> Float[Array, "B V"]:
-    """Logits with every token outside the top-k and the top-p nucleus set to -inf.
+    """Logits with every token outside the top-k and the top-p nucleus set to -inf; top_k and
+    top_p: scalars, or one per row ([B, 1], the server's slots).
 
     Tokens tied with the last kept one are kept too. The most likely token always survives.
     """

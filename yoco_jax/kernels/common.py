@@ -32,12 +32,13 @@ BACKENDS = ("gpu", "tpu")
 class Masking:
     """Static description of which keys a row may see (see the module docstring).
 
-    group: query heads per kv head (G). offset: Tk - Tq. kv_len: number of real keys (keys at or
-    beyond it are padding). causal / window: as in `flash_attention`.
+    group: query heads per kv head (G). offset: Tk - Tq (a traced int32 scalar in the chunk
+    kernel, one per sequence). kv_len: number of real keys (keys at or beyond it are padding).
+    causal / window: as in `flash_attention`.
     """
 
     group: int
-    offset: int
+    offset: int | jax.Array
     kv_len: int
     causal: bool
     window: int | None

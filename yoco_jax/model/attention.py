@@ -69,14 +69,14 @@ class CrossAttention(nn.Module):
         self,
         x: Float[Array, "B T D"],
         positions: Int[Array, "B T"],
-        k: Float[Array, "B S Hkv D"],
-        v: Float[Array, "B S Hkv D"],
+        k: Float[Array, "*n B S Hkv Dh"],
+        v: Float[Array, "*n B S Hkv Dh"],
         lengths: Int[Array, " B"] | None = None,
-        kv_positions: Int[Array, "B S"] | None = None,
+        kv_positions: Int[Array, "*n B S"] | None = None,
     ) -> tuple[Float[Array, "B T D"], None]:
         """Without `lengths`, T == S (training); with it, x holds each sequence's last T tokens.
         `kv_positions` (from `context_parallel.gather_kv`): x is split over the context axis and
-        k, v are whole."""
+        k, v are whole, one copy per device stacked in front ([n, B, S, Hkv, Dh])."""
         cfg = self.config
         b, t, dim = x.shape
         q = _dense(cfg, dim, ("embed", "heads"), "q_proj")(x)

@@ -25,13 +25,13 @@ class RetentionState(NamedTuple):
 class WindowKV(NamedTuple):
     """Ring buffer: position p lives in slot p % window."""
 
-    k: Float[Array, "B W H D"]
-    v: Float[Array, "B W H D"]
+    k: Float[Array, "B W H Dh"]
+    v: Float[Array, "B W H Dh"]
 
     def write(
         self,
-        k: Float[Array, "B T H D"],
-        v: Float[Array, "B T H D"],
+        k: Float[Array, "B T H Dh"],
+        v: Float[Array, "B T H Dh"],
         positions: Int[Array, "B T"],
         valid: Bool[Array, "B T"],
     ) -> WindowKV:
@@ -55,13 +55,13 @@ def _ring_positions(last: Int[Array, " B"], window: int) -> Int[Array, "B W"]:
 
 
 class KVCache(NamedTuple):
-    k: Float[Array, "B S Hkv D"]
-    v: Float[Array, "B S Hkv D"]
+    k: Float[Array, "B S Hkv Dh"]
+    v: Float[Array, "B S Hkv Dh"]
 
     def write(
         self,
-        k: Float[Array, "B T Hkv D"],
-        v: Float[Array, "B T Hkv D"],
+        k: Float[Array, "B T Hkv Dh"],
+        v: Float[Array, "B T Hkv Dh"],
         positions: Int[Array, "B T"],
         valid: Bool[Array, "B T"],
     ) -> KVCache:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from yoco_jax.model.rotary import apply_rotary
 
@@ -93,7 +93,7 @@ class Embed(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
+    def __call__(self, tokens: Int[ArrayLike, "B T"]) -> Float[Array, "B T D"]:
         table = self.param(
             "embedding",
             nn.with_logical_partitioning(

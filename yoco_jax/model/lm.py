@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.layers import Embed, Linear, RMSNorm
 
 
-def default_positions(tokens: Int[Array, "B T"]) -> Int[Array, "B T"]:
+def default_positions(tokens: Int[ArrayLike, "B T"]) -> Int[Array, "B T"]:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
 def new_token_layout(
-    tokens: Int[Array, "B T"], lengths: Int[Array, " B"], n_new: Int[Array, " B"] | None
+    tokens: Int[ArrayLike, "B T"], lengths: Int[Array, " B"], n_new: Real[ArrayLike, " B"] | None
 ) -> tuple[Int[Array, " B"], Bool[Array, "B T"], Int[Array, "B T"]]:
-    """For right-padded new tokens after `lengths`: (n_new, valid mask, positions)."""
+    """For right-padded new tokens after `lengths`: (n_new as int32, valid mask, positions);
+    `n_new` counts in any real dtype (whole numbers) are cast."""
     b, t = tokens.shape
     n_new = jnp.full((b,), t, jnp.int32) if n_new is None else n_new.astype(jnp.int32)
     valid = jnp.arange(t)[None, :] < n_new[:, None]
@@ -45,7 +46,7 @@ class LanguageModel(nn.Module):
         )
 
     def __call__(
-        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
+        self, tokens: Int[ArrayLike, "B T"], positions: Int[ArrayLike, "B T"] | None = None
     ) -> Float[Array, "B T V"]:
         """float32 logits for every position."""
         return self.output_projection(self.hidden(tokens, positions)).astype(jnp.float32)

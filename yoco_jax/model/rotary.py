@@ -30,8 +30,8 @@ def inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
 
 
 def apply_rotary(
-    x: Float[Array, "B T H D"], positions: Int[Array, "B T"], theta: float
-) -> Float[Array, "B T H D"]:
+    x: Float[Array, "B T H Dh"], positions: Int[Array, "B T"], theta: float
+) -> Float[Array, "B T H Dh"]:
     """Rotates pairs (x[2i], x[2i+1]) by angle position * inv_freq[i].
 
     As the official kernel: cos/sin are rounded to x's dtype, the product is done in float32.

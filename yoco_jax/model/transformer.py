@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, Real
 
 from yoco_jax.model.block import ACTIVATION_AXES
 from yoco_jax.model.cache import TransformerCache
@@ -25,16 +25,16 @@ class Transformer(LanguageModel):
         return run_layers(self.layers, x, positions, fresh, caches, valid)
 
     def hidden(
-        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
+        self, tokens: Int[ArrayLike, "B T"], positions: Int[ArrayLike, "B T"] | None = None
     ) -> Float[Array, "B T D"]:
         positions = default_positions(tokens) if positions is None else positions
         return self.layer_norm(self._run(tokens, positions)[0])
 
     def extend(
         self,
-        tokens: Int[Array, "B T"],
+        tokens: Int[ArrayLike, "B T"],
         cache: TransformerCache,
-        n_new: Int[Array, " B"] | None = None,
+        n_new: Real[ArrayLike, " B"] | None = None,
         fresh: bool = False,
     ) -> tuple[Float[Array, "B V"], TransformerCache]:
         """As YOCO.extend; every layer runs over every new token (no early exit)."""

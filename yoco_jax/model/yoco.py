@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, Real
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.block import ACTIVATION_AXES
@@ -70,7 +70,7 @@ class YOCO(LanguageModel):
         self.cross_decoder = CrossDecoder(self.config)
 
     def hidden(
-        self, tokens: Int[Array, "B T"], positions: Int[Array, "B T"] | None = None
+        self, tokens: Int[ArrayLike, "B T"], positions: Int[ArrayLike, "B T"] | None = None
     ) -> Float[Array, "B T D"]:
         """Final-normed hidden states (before the output projection)."""
         positions = default_positions(tokens) if positions is None else positions
@@ -87,9 +87,9 @@ class YOCO(LanguageModel):
 
     def extend(
         self,
-        tokens: Int[Array, "B T"],
+        tokens: Int[ArrayLike, "B T"],
         cache: YOCOCache,
-        n_new: Int[Array, " B"] | None = None,
+        n_new: Real[ArrayLike, " B"] | None = None,
         fresh: bool = False,
     ) -> tuple[Float[Array, "B V"], YOCOCache]:
         """Consumes right-padded tokens (n_new[b] real ones per row) after cache.lengths[b].
