@@ -1,0 +1,163 @@
+"""The package's layers (docs/architecture.md): a module imports only modules of its own layer
+or of lower ones, and no imports go in a circle. Every import counts, inside functions too,
+except the `if __name__ == "__main__":` shims that hand a `python -m` run to yoco_jax/cli."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "yoco_jax"
+
+# Lowest first. A module belongs to the layer of its longest listed prefix; `__main__` modules
+# are command-line entry points (the cli layer).
+LAYERS = [
+    ("base", ["yoco_jax.errors", "yoco_jax.config", "yoco_jax.compile_cache",
+              "yoco_jax.distributed"]),
+    ("kernels, data", ["yoco_jax.kernels", "yoco_jax.data"]),
+    ("ops", ["yoco_jax.ops"]),
+    ("model", ["yoco_jax.model"]),
+    ("sharding", ["yoco_jax.sharding"]),
+    ("checkpoint", ["yoco_jax.train.checkpoint", "yoco_jax.train.checksums",
+                    "yoco_jax.train.damage", "yoco_jax.export", "yoco_jax.pretrained"]),
+    ("inference", ["yoco_jax.inference"]),
+    ("train", ["yoco_jax.train"]),
+    ("eval, serve", ["yoco_jax.eval", "yoco_jax.serve"]),
+    ("api", ["yoco_jax.api", "yoco_jax"]),
+    ("cli", ["yoco_jax.cli"]),
+]  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> int:
+    if module.endswith(".__main__"):
+        return len(LAYERS) - 1
+    best, index = -1, None
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            exact = prefix == "yoco_jax"  # the package itself, not everything in it
+            match = (
+                module == prefix if exact else module == prefix or module.startswith(prefix + ".")
+            )
+            if match and len(prefix) > best:
+                best, index = len(prefix), i
+    assert index is not None, f"{module} is in no layer: add it to LAYERS (and the docs' table)"
+    return index
+
+
+class _Imports(ast.NodeVisitor):
+    """The yoco_jax modules a module imports (a `from package import name` naming a submodule
+    imports that submodule), skipping `if __name__ == "__main__":` blocks."""
+
+    def __init__(self, module: str, is_package: bool):
+        self.package = module if is_package else module.rpartition(".")[0]
+        self.found: set[str] = set()
+
+    def visit_If(self, node: ast.If) -> None:
+        test = node.test
+        main_guard = (
+            isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+        )
+        if main_guard:
+            for child in node.orelse:
+                self.visit(child)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            self._add(alias.name)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        base = node.module or ""
+        if node.level:
+            parent = self.package.split(".")[: len(self.package.split(".")) - node.level + 1]
+            base = ".".join(parent + ([base] if base else []))
+        for alias in node.names:
+            self._add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+
+    def _add(self, name: str) -> None:
+        if name == "yoco_jax" or name.startswith("yoco_jax."):
+            while name not in MODULES:  # `import yoco_jax.x.y` of a name inside a module
+                name = name.rpartition(".")[0]
+            self.found.add(name)
+
+
+def imports() -> dict[str, set[str]]:
+    graph = {}
+    for name, path in MODULES.items():
+        visitor = _Imports(name, path.name == "__init__.py")
+        visitor.visit(ast.parse(path.read_text(), str(path)))
+        graph[name] = visitor.found - {name}
+    return graph
+
+
+def test_every_module_has_a_layer():
+    for name in MODULES:
+        layer(name)
+
+
+def test_no_import_goes_up_a_layer():
+    upward = [
+        f"{name} ({LAYERS[layer(name)][0]}) imports {target} ({LAYERS[layer(target)][0]})"
+        for name, targets in imports().items()
+        for target in sorted(targets)
+        if layer(target) > layer(name)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_goes_in_a_circle():
+    graph, state, circles = imports(), {}, []
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if state.get(target) == "open":
+                circles.append(" -> ".join(path[path.index(target) :] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, "\n".join(circles)
+
+
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("from yoco_jax.api import load_pretrained", {"yoco_jax.api"}),
+        ("def f():\n    from yoco_jax import inference", {"yoco_jax.inference"}),
+        ("import yoco_jax.model.cache", {"yoco_jax.model.cache"}),
+        ("if __name__ == '__main__':\n    from yoco_jax.cli.export import main", set()),
+        ("from . import plan", {"yoco_jax.inference.plan"}),
+    ],
+)
+def test_the_import_finder_sees_what_it_should(source, expected):
+    """Imports inside functions count; `python -m` shims do not; relative imports resolve."""
+    visitor = _Imports("yoco_jax.inference.generate", False)
+    visitor.visit(ast.parse(source))
+    assert visitor.found == expected
+
+
+def test_an_upward_import_would_be_caught():
+    """The rule itself: inference importing the api, or the model importing inference, is up."""
+    assert layer("yoco_jax.api") > layer("yoco_jax.inference.generate")
+    assert layer("yoco_jax.inference.plan") > layer("yoco_jax.model.cache")
+    assert layer("yoco_jax.serve.__main__") == layer("yoco_jax.cli.infer")
+    assert (
+        layer("yoco_jax.train.checkpoint") < layer("yoco_jax.inference") < layer("yoco_jax.train")
+    )
