@@ -18,12 +18,13 @@ import argparse
 import dataclasses
 import json
 import platform
-import re
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from bench.docs_section import replace_section, shown_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Quality at equal compute: YOCO vs Transformer"
@@ -174,23 +175,7 @@ def section(res: dict) -> str:
 def write_docs(res: dict, docs: Path) -> None:
     """The plot, and this result's section of docs/benchmarks.md replaced (or appended)."""
     plot(res, docs / f"bench-quality-{res['backend']}.png")
-    doc = docs / "benchmarks.md"
-    text = section(res)
-    old = doc.read_text() if doc.exists() else ""
-    pattern = re.compile(re.escape(title(res)) + r".*?(?=^## |\Z)", re.S | re.M)
-    text = text.rstrip("\n") + "\n\n"
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    doc.write_text(new.rstrip("\n") + "\n")
-
-
-def _shown(argv: list[str]) -> list[str]:
-    """The command-line flags that change the result (not where it is written)."""
-    out, skip = [], False
-    for arg in argv:
-        if not skip and arg.split("=")[0] not in ("--out", "--docs"):
-            out.append(arg)
-        skip = arg in ("--out", "--docs")
-    return out
+    replace_section(docs / "benchmarks.md", title(res), section(res))
 
 
 def main(argv=None) -> dict:
@@ -226,7 +211,7 @@ def main(argv=None) -> dict:
     eval_rows, train_rows = token_rows(args.data, tokenizer, [n_eval, n_train], args.seq_len,
                                        args.seed)  # fmt: skip
     res = {
-        "command": " ".join(["python -m bench.quality", *_shown(argv or [])]),
+        "command": " ".join(["python -m bench.quality", *shown_flags(argv or [])]),
         "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
         "python": platform.python_version(),  # "stdlib" is this interpreter's library
         "note": args.note,

@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
+
+from bench.docs_section import replace_section, shown_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Serving under load: YOCO vs Transformer"
@@ -166,22 +167,7 @@ def plot(res: dict, path: Path) -> None:
 def write_docs(res: dict, docs: Path) -> None:
     """The plot, and this result's section of docs/benchmarks.md replaced (or appended)."""
     plot(res, docs / f"bench-serve-{res['backend']}.png")
-    doc = docs / "benchmarks.md"
-    text = section(res).rstrip("\n") + "\n\n"
-    old = doc.read_text() if doc.exists() else ""
-    pattern = re.compile(re.escape(title(res)) + r".*?(?=^## |\Z)", re.S | re.M)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip() + "\n\n" + text
-    doc.write_text(new.rstrip("\n") + "\n")
-
-
-def _shown(argv: list[str]) -> list[str]:
-    """The command-line flags that change the result (not where it is written)."""
-    out, skip = [], False
-    for arg in argv:
-        if not skip and arg.split("=")[0] not in ("--out", "--docs"):
-            out.append(arg)
-        skip = arg in ("--out", "--docs")
-    return out
+    replace_section(docs / "benchmarks.md", title(res), section(res))
 
 
 def _pair(text: str) -> tuple[int, int]:
@@ -224,7 +210,7 @@ def main(argv=None) -> dict:
     loads = {str(r): workload(args.requests, r, args.prompt, args.output, 2048, args.seed)
              for r in rates}  # fmt: skip
     res = {
-        "command": " ".join(["python -m bench.serve_load", *_shown(argv or [])]).strip(),
+        "command": " ".join(["python -m bench.serve_load", *shown_flags(argv or [])]).strip(),
         "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
         "date": time.strftime("%Y-%m-%d"), "model": args.model, "params": n_params(yoco),
         "max_len": args.max_len, "block": args.block, "requests": args.requests,

@@ -1,0 +1,26 @@
+"""What the stand-alone benchmarks share to write their results into docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def replace_section(doc: Path, title: str, text: str) -> None:
+    """Replaces the `## title` section of `doc` by `text` (from the title up to the next `## `),
+    or appends `text` when there is no such section yet."""
+    text = text.rstrip("\n") + "\n\n"
+    old = doc.read_text() if doc.exists() else ""
+    pattern = re.compile(re.escape(title) + r".*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip() + "\n\n" + text
+    doc.write_text(new.rstrip("\n") + "\n")
+
+
+def shown_flags(argv: list[str]) -> list[str]:
+    """The command-line flags that change the result (not where it is written: --out, --docs)."""
+    out, skip = [], False
+    for arg in argv:
+        if not skip and arg.split("=")[0] not in ("--out", "--docs"):
+            out.append(arg)
+        skip = arg in ("--out", "--docs")
+    return out
