@@ -11,7 +11,8 @@ Cases in priority order (bench/gpu_perf_cases.py):
      length also gives each path's relative error against auto);
   c) transformer-3b (random bf16 weights) through `model.prefill` at 32K: chunk 4096 vs one
      chunk, time (first call with compilation, then steady) and device peak memory;
-  d) yoco-3b-1m prefill at 256K (1M if the budget allows), chunk 4096 vs 16384.
+  d) yoco-3b-1m prefill at 256K (1M if the budget allows), chunk 4096 vs 16384;
+  mosaic) JAX's Mosaic GPU flash attention vs cuDNN and ours (bench/gpu_perf_mosaic.py).
 Each group runs in its own process (its device peak is its own; a crash or out-of-memory kill
 loses only that group), prints rows as they come and saves them at once. A case whose estimate
 would pass the budget is skipped; a group still running at the budget is killed. Results go to
@@ -29,7 +30,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ORDER = ("attention", "transformer", "yoco")
+# group -> "module:function" yielding rows; imported in the child process only
+GROUPS = {
+    "attention": "bench.gpu_perf_cases:attention",
+    "mosaic": "bench.gpu_perf_mosaic:mosaic",
+    "transformer": "bench.gpu_perf_cases:transformer_prefill",
+    "yoco": "bench.gpu_perf_cases:yoco_prefill",
+}
+ORDER = tuple(GROUPS)
+CAP_S = {"attention": 100, "mosaic": 70, "transformer": 100}  # a hung group cannot eat the rest
 GRACE_S = 20  # a group may finish its running case this long after the budget
 
 
@@ -46,13 +55,17 @@ class Deadline:
 
 def run_group(name: str, budget_s: float, smoke: bool, part: Path) -> None:
     """In the child process: run one group, printing each row and rewriting `part` after it."""
+    import importlib
+
     import jax
 
     from bench import gpu_perf_cases as cases
 
+    module, function = GROUPS[name].split(":")
+    group = getattr(importlib.import_module(module), function)
     cfg = cases.SMOKE if smoke else cases.FULL
     rows = []
-    for row in cases.GROUPS[name](cfg, Deadline(budget_s), smoke):
+    for row in group(cfg, Deadline(budget_s), smoke):
         rows.append(row)
         print(json.dumps(row), flush=True)
         part.write_text(json.dumps({"device": jax.devices()[0].device_kind, "rows": rows}))
@@ -119,6 +132,7 @@ def main(argv=None) -> dict | None:
             continue
         print(f"== {group} ({left:.0f} s left)", flush=True)
         command = [sys.executable, "-m", "bench.gpu_perf", "--child", group, "--out", str(out)]
+        left = min(left, CAP_S.get(group, left))
         command += ["--budget-s", f"{left:.0f}"] + (["--smoke"] if args.smoke else [])
         error = None
         try:

@@ -22,7 +22,7 @@ from yoco_jax.ops.attention_choice import choose_attention
 FULL = {
     "heads": 24, "kv_heads": 8, "head_dim": 128, "lengths": [8192, 32768, 131072],
     "chunk": 4096, "transformer": "transformer-3b", "transformer_length": 32768,
-    "yoco": "yoco-3b-1m", "yoco_lengths": [262144, 1048576], "yoco_chunks": [4096, 16384],
+    "yoco": "yoco-3b-1m", "yoco_lengths": [1048576], "yoco_chunks": [4096, 16384],
 }  # fmt: skip
 SMOKE = {
     "heads": 6, "kv_heads": 2, "head_dim": 32, "lengths": [128, 256],
@@ -168,6 +168,3 @@ def yoco_prefill(cfg, deadline, smoke):
                 yield {**row, "skipped": "time budget"}
                 continue
             yield _attempt(row, _prefill_row, model, weights, length, chunk)
-
-
-GROUPS = {"attention": attention, "transformer": transformer_prefill, "yoco": yoco_prefill}
