@@ -1,7 +1,8 @@
 """Analytic FLOP and byte counts of both architectures (matmuls only: 2 FLOPs per multiply-add).
 
-`executed` counts what this implementation computes: the XLA attention path scores every query
-against the whole (masked) key range, the chunkwise retention computes full c x c blocks.
+`executed` counts what this implementation computes: the XLA causal path scores a whole (masked)
+square, a chunk against the cache scores whole 512-key blocks up to its end
+(ops/chunked_attention.py), the chunkwise retention computes full c x c blocks.
 `minimum` counts what the model needs: causal attention scores each query only against the keys
 before it. Cross-checked against XLA's cost_analysis() in tests/test_bench.py.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from yoco_jax.config import ModelConfig
+from yoco_jax.ops.chunked_attention import DEFAULT_BLOCK_KEYS
 
 
 def _ffn(cfg: ModelConfig) -> int:
@@ -69,7 +71,8 @@ def prefill_flops(
     `cache_len` (default `length`) slots, logits at each chunk's last token (bench.prefill).
 
     Executed counts follow the kernels: `flash` (Pallas) skips masked blocks and unfilled cache;
-    the XLA path scores a fresh chunk's full square and later chunks against the whole cache.
+    the XLA path scores a fresh chunk's full square, and a later chunk against whole key blocks
+    of the cache up to its end (the blocked path stops at the longest row).
     """
     cache_len = cache_len or length
     n = -(-length // chunk)
@@ -78,12 +81,12 @@ def prefill_flops(
     p = param_count(cfg)
     head = n * 2 * p["head"]
     if cfg.arch == "transformer":
-        if not executed:
+        if not executed or flash:  # flash: causal first chunk, chunk kernel up to each end
             pairs = _causal_pairs(length)
-        elif flash:  # a fresh first chunk is causal; later ones use the XLA path (Tq > 16)
-            pairs = _causal_pairs(sizes[0]) + sum(c * cache_len for c in sizes[1:])
         else:
-            pairs = sizes[0] ** 2 + sum(c * cache_len for c in sizes[1:])
+            block = min(DEFAULT_BLOCK_KEYS, cache_len)
+            seen = [min(-(-end // block) * block, cache_len) for end in ends[1:]]
+            pairs = sizes[0] ** 2 + sum(c * keys for c, keys in zip(sizes[1:], seen, strict=True))
         per_layer = 2 * layer_params(cfg, "attention") * length + _attention(cfg, pairs)
         return cfg.n_layers * per_layer + head
     self_dec = cfg.half_layers * (
