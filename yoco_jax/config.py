@@ -111,16 +111,21 @@ class Runtime:
     # Layers of each stack under one nn.scan (params with a leading layer axis): compile time
     # flat in depth. Either form loads into either (model/scan.py converts at the boundaries).
     scan_layers: bool = False
+    # The cross-decoder's K/V over mesh.context: gathered once per step, or passed around the
+    # ring in every cross layer; auto: gather unless the copy passes ops/ring_attention.py's limit
+    context_attention: str = "auto"
 
     def __post_init__(self):
         _check_choices(self, {
             "dtype": ("float32", "bfloat16", "float16"),
             "param_dtype": ("float32", "bfloat16"),
             "attention_impl": ("auto", "xla", "pallas"),
-            "remat": ("none", "full", "dots", "dots_with_no_batch_dims"),
+            "remat": ("none", "full", "dots", "dots_with_no_batch_dims", "save_mixer_out",
+                      "save_qkv_and_mixer_out", "save_all_named"),
             "kernel_backend": (None, "gpu", "tpu"),
             "kernel_interpret": (None, True, False),
             "scan_layers": (True, False),
+            "context_attention": ("auto", "gather", "ring"),
         })  # fmt: skip
         _check_positive(self, ["chunk_size"])
 

@@ -4,6 +4,7 @@ cross-decoder) and full causal self-attention (the Transformer baseline)."""
 from __future__ import annotations
 
 import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
@@ -55,7 +56,8 @@ class SlidingWindowAttention(nn.Module):
             o = cache_attention(q, keys, values, lengths, window=w, **_options(cfg))
         if cache is not None:
             new_cache = cache.write(k, v, positions, valid)
-        out = _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim))
+        o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")  # a remat name (model/block.py)
+        out = _dense(cfg, dim, ("heads", "embed"), "out_proj")(o)
         return out, new_cache
 
 
@@ -83,6 +85,7 @@ class CrossAttention(nn.Module):
         q = apply_rotary(
             q.reshape(b, t, cfg.n_attn_heads, cfg.attn_head_dim), positions, cfg.rope_theta
         )
+        q = checkpoint_name(q, "qkv")
         if kv_positions is not None:
             o = context_parallel.cross_attention(q, positions, k, v, kv_positions)
         elif lengths is None:
@@ -91,7 +94,8 @@ class CrossAttention(nn.Module):
             o = context_parallel.cache_attention(q, k, v, lengths)
         else:
             o = cache_attention(q, k, v, lengths, **_options(cfg))
-        return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim)), None
+        o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")
+        return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o), None
 
 
 class SelfAttention(nn.Module):
@@ -120,4 +124,5 @@ class SelfAttention(nn.Module):
         else:
             lengths = positions[:, 0] + t
             o = cache_attention(q, new_cache.k, new_cache.v, lengths, **_options(cfg))
-        return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o.reshape(b, t, dim)), new_cache
+        o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")
+        return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o), new_cache

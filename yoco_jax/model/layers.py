@@ -9,6 +9,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from yoco_jax.model.rotary import apply_rotary
@@ -76,8 +77,11 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
         dense = lambda n, axes, name: Linear(n, axes, self.dtype, self.param_dtype, name=name)
-        h = nn.silu(dense(self.hidden_dim, ("embed", "mlp"), "fc1")(x))
-        h = h * dense(self.hidden_dim, ("embed", "mlp"), "gate")(x)
+        # remat names (model/block.py): the two projections, so a policy keeping them never
+        # recomputes an FFN matmul (SwiGLU itself is cheap to redo)
+        fc1 = checkpoint_name(dense(self.hidden_dim, ("embed", "mlp"), "fc1")(x), "mlp_hidden")
+        gate = checkpoint_name(dense(self.hidden_dim, ("embed", "mlp"), "gate")(x), "mlp_hidden")
+        h = nn.silu(fc1) * gate
         h = nn.with_logical_constraint(
             h, ("activation_batch", "activation_length", "activation_mlp")
         )
@@ -127,4 +131,5 @@ def project_qkv(
     k = dense(kv_heads * head_dim, kv_axes, "k_proj")(x).reshape(b, t, kv_heads, head_dim)
     v = dense(kv_heads * head_dim, kv_axes, "v_proj")(x).reshape(b, t, kv_heads, head_dim)
     theta = config.rope_theta
-    return apply_rotary(q, positions, theta), apply_rotary(k, positions, theta), v
+    q, k = apply_rotary(q, positions, theta), apply_rotary(k, positions, theta)
+    return tuple(checkpoint_name(a, "qkv") for a in (q, k, v))  # a remat name (model/block.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
@@ -37,7 +38,7 @@ class GatedRetention(nn.Module):
             n, axes, cfg.dtype, cfg.param_dtype, init, name=name
         )
         q, k, v = project_qkv(cfg, x, positions, h, h, d, qkvg_init)
-        gate = dense(dim, "g_proj")(x)
+        gate = checkpoint_name(dense(dim, "g_proj")(x), "qkv")  # remat names: model/block.py
         log_gate = nn.log_sigmoid(dense(h, "gt_proj", axes=("embed", None))(x))
         log_gate = log_gate.astype(jnp.float32) / GATE_LOGIT_NORMALIZER
         if valid is not None:  # padding: no key, no decay, so the state stops at the last token
@@ -60,5 +61,6 @@ class GatedRetention(nn.Module):
 
         o = RMSNorm(cfg.norm_eps, affine=False, name="subln")(o).reshape(b, t, dim)
         o = (nn.silu(gate.astype(jnp.float32)) * o.astype(jnp.float32)).astype(cfg.dtype)
+        o = checkpoint_name(o, "mixer_out")
         out = dense(dim, "out_proj", xavier_uniform(2**-1), ("heads", "embed"))(o)
         return out, new_cache
