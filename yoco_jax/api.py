@@ -13,6 +13,7 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from yoco_jax import inference
 from yoco_jax.config import ModelConfig, get_config
@@ -36,18 +37,21 @@ class Model(ModelHandle):
         """float32 logits [B, T, vocab] for int tokens [B, T]."""
         return _logits(self.config, self.params, self.check_tokens(tokens))
 
-    def generate(self, prompts, max_new_tokens: int = 32, **kwargs):
+    def generate(self, prompts, max_new_tokens: int = 32, *, mesh: Mesh | None = None, **kwargs):
         """Completions of token-list or text prompts: temperature, top_k, top_p, stop, seed...
-        (see `yoco_jax.inference.generate`)."""
-        return inference.generate(self, prompts, max_new_tokens, **kwargs)
+        (see `yoco_jax.inference.generate`). `mesh` (`yoco_jax.sharding.make_mesh`): rows over
+        its data axes, prompts and the K/V cache split along their length over `context`."""
+        return inference.generate(self, prompts, max_new_tokens, mesh=mesh, **kwargs)
 
-    def prefill(self, prompts, **kwargs):
-        """Runs prompts into a fresh cache (see `yoco_jax.inference.prefill`)."""
-        return inference.prefill(self, prompts, **kwargs)
+    def prefill(self, prompts, *, mesh: Mesh | None = None, **kwargs):
+        """Runs prompts into a fresh cache (see `yoco_jax.inference.prefill`); under a `mesh`
+        the returned cache stays split along its length over `context`."""
+        return inference.prefill(self, prompts, mesh=mesh, **kwargs)
 
-    def decode(self, state, **kwargs):
-        """Continues a decode state (see `yoco_jax.inference.decode`)."""
-        return inference.decode(self, state, **kwargs)
+    def decode(self, state, *, mesh: Mesh | None = None, **kwargs):
+        """Continues a decode state (see `yoco_jax.inference.decode`; `mesh` defaults to the
+        one its cache lives on)."""
+        return inference.decode(self, state, mesh=mesh, **kwargs)
 
     def save_official(self, path, dtype: str = "float32", overwrite: bool = False) -> Path:
         """Writes the official PyTorch layout (params.json + model.safetensors) and the

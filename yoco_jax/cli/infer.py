@@ -3,6 +3,7 @@
     python infer.py --checkpoint runs/demo --prompt "def fib(n):" --max-new-tokens 64
     python infer.py --checkpoint runs/demo --prompt-file question.txt --temperature 0.8 --top-p 0.9
     python infer.py --checkpoint runs/demo --input-jsonl prompts.jsonl --output-jsonl out.jsonl
+    python infer.py --checkpoint runs/demo --prompt-file long.txt --mesh context=4
 
 JSONL input: one object per line with "prompt" (non-empty text) or "tokens" (a list of integer
 ids); other keys are copied to the output line, which adds "completion" (the generated text;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import sys
@@ -26,10 +28,12 @@ from pathlib import Path
 
 import jax
 
-from yoco_jax import compile_cache
+from yoco_jax import compile_cache, sharding
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import one_line_warnings, reported
+from yoco_jax.config import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
+from yoco_jax.inference import placement
 from yoco_jax.inference.generate import generate
 from yoco_jax.inference.plan import DEFAULT_PREFILL_CHUNK, Buckets, plan
 
@@ -81,8 +85,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to text prompts")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
+    p.add_argument("--mesh", nargs="+", metavar="AXIS=SIZE", default=None,
+                   help="device mesh, the axes of train.py's mesh.<axis> (data, fsdp, context, "
+                        "tensor; -1 = the rest; else the first devices), e.g. --mesh context=4: "
+                        "prompts and cache split along their length over context")  # fmt: skip
     compile_cache.add_flag(p)
     return p
+
+
+def _mesh(items):
+    """The mesh of `--mesh axis=size ...` (None without the flag): sizes as train.py's mesh.<axis>;
+    without a -1, a mesh smaller than the machine takes the first devices."""
+    if items is None:
+        return None
+    axes = parse_overrides(items)
+    for axis, size in axes.items():
+        if type(size) is not int:
+            raise ValueError(f"--mesh {axis}={size!r}: the size must be an integer (-1 = the rest)")
+    devices = jax.devices()
+    if -1 not in axes.values():
+        devices = devices[: max(1, math.prod(axes.values()))]
+    return sharding.make_mesh(axes, devices)
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -163,17 +186,20 @@ def _available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _check_memory(model, token_lists, args) -> None:
+def _check_memory(model, token_lists, args, mesh) -> None:
     """Refuses up front a batch whose cache cannot fit (generate would allocate it)."""
     from yoco_jax.model.cache import cache_bytes
 
     buckets = Buckets()  # what generate uses
-    rows = buckets.batch_size(min(args.batch_size, len(token_lists)))
+    rows = placement.round_rows(buckets.batch_size(min(args.batch_size, len(token_lists))), mesh)
     positions = plan(
         [len(t) for t in token_lists], args.max_new_tokens, buckets=buckets,
         chunk_size=args.prefill_chunk, max_len=args.max_len,
+        multiple=placement.context_size(mesh),
     ).max_len  # fmt: skip
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids
+    if mesh is not None and jax.devices()[0].platform != "cpu":  # CPU devices share the RAM
+        need //= mesh.size  # about: rows over data, K/V over context (small states whole)
     free = _available_bytes()
     if need > free:
         raise ValueError(
@@ -208,6 +234,7 @@ class _TextStream:
 def run(args, out=None, err=None) -> None:
     out, err = out or sys.stdout, err or sys.stderr
     _check_paths(args)
+    mesh = _mesh(args.mesh)
     items = _read_prompts(args)
     overrides = {"dtype": args.dtype} if args.dtype else {}
     model = load_pretrained(args.checkpoint, **overrides)
@@ -220,11 +247,11 @@ def run(args, out=None, err=None) -> None:
         tokenizer.encode(item["prompt"], bos=args.add_bos) if "prompt" in item else item["tokens"]
         for item in items
     ]
-    _check_memory(model, token_lists, args)
+    _check_memory(model, token_lists, args, mesh)
     kwargs = dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, stop=_stop(args.stop), seed=args.seed, max_len=args.max_len,
-        tokenizer=tokenizer, prefill_chunk=args.prefill_chunk,
+        tokenizer=tokenizer, prefill_chunk=args.prefill_chunk, mesh=mesh,
     )  # fmt: skip
 
     start, generated = time.perf_counter(), 0

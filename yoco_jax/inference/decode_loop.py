@@ -1,6 +1,8 @@
 """Decode: ONE jitted `lax.while_loop` over tokens whose state (cache, next-token logits, output
 buffer, per-row counts, done flags, keys) is an explicit pytree donated between calls, so
-generation can also run in blocks of a few tokens (streaming) without recompiling."""
+generation can also run in blocks of a few tokens (streaming) without recompiling. On a mesh
+the state stays where inference/placement.py puts it (the K/V split along its length over
+`context`: each step merges the devices' partial attention by log-sum-exp)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
+from yoco_jax.inference import placement
 from yoco_jax.inference.plan import bucket, check_positive
 from yoco_jax.inference.sampling import Sampling, row_keys, sample
 from yoco_jax.model import build_model
@@ -59,7 +63,7 @@ def _decode_loop(config: ModelConfig, greedy: bool, params, state: DecodeState, 
         return i + 1, DecodeState(cache, logits, tokens, n_out, s.max_new, done, s.keys)
 
     cond = lambda carry: (carry[0] < steps) & ~jnp.all(carry[1].done)
-    return jax.lax.while_loop(cond, body, (jnp.int32(0), state))[1]
+    return placement.constrain(jax.lax.while_loop(cond, body, (jnp.int32(0), state))[1])
 
 
 def start_decode(
@@ -105,15 +109,28 @@ def decode(
     steps: int | None = None,
     sampling: Sampling = GREEDY,
     stop_ids: Sequence[int] = (),
+    mesh: Mesh | None = None,
 ) -> DecodeState:
     """Runs the jitted loop for up to `steps` tokens (default: until every row is done).
 
     `state` is donated: use the returned one. Sampling knobs are traced, so changing them (or
     `steps`) never recompiles; greedy (temperature 0) vs sampling is the one static switch.
+    `mesh`: where to decode; default the mesh the state's cache lives on (a cache from
+    `prefill(..., mesh=...)`), else no mesh.
     """
     steps = state.tokens.shape[1] if steps is None else steps
     check_positive("steps", steps)
-    return _decode_loop(
-        model.config, sampling.greedy, model.params, state, stop_array(stop_ids), sampling,
-        jnp.int32(steps),
-    )  # fmt: skip
+    mesh = placement.mesh_of(state.cache) if mesh is None else mesh
+    placement.check_mesh(model.config, mesh)
+    placement.check_rows(state.n_out.shape[0], mesh, "the decode state's rows")
+    if placement.context_size(mesh) > 1 and state.cache.max_len % mesh.shape["context"]:
+        raise ValueError(
+            f"a cache of {state.cache.max_len} positions does not split over the context axis "
+            f"of size {mesh.shape['context']}: grow it to a multiple (grow_cache)"
+        )
+    params = placement.place_params(model.config, model.params, mesh)
+    with placement.use(mesh):
+        return _decode_loop(
+            model.config, sampling.greedy, params, placement.place(state, mesh),
+            stop_array(stop_ids), sampling, jnp.int32(steps),
+        )  # fmt: skip

@@ -1,7 +1,8 @@
 """generate: prompts in, completions out. Pads the batch, the prompt width and the cache length
 to buckets (inference/plan.py), prefills in chunks (chunked_prefill.py), then runs the jitted
 decode loop (decode_loop.py) to the end, or in blocks to stream tokens and match stop strings
-(stop_strings.py)."""
+(stop_strings.py). With a mesh, rows split over its data axes and prompts and cache along their
+length over `context` (inference/placement.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from yoco_jax.data.tokenizer_resolver import check_tokenizer
+from yoco_jax.inference import placement
 from yoco_jax.inference.chunked_prefill import prefill_tokens
 from yoco_jax.inference.decode_loop import DecodeState, decode, start_decode
 from yoco_jax.inference.plan import (
@@ -25,7 +28,6 @@ from yoco_jax.inference.plan import (
 from yoco_jax.inference.prompts import as_token_lists, check_prompts, pad_prompts
 from yoco_jax.inference.sampling import Sampling, check_seed
 from yoco_jax.inference.stop_strings import cut_at_stop, find_stop, resolve_stop, rows_at_stop
-from yoco_jax.model import init_cache
 from yoco_jax.model.cache import Cache, grow_cache
 from yoco_jax.model.handle import ModelHandle
 
@@ -58,6 +60,7 @@ def generate(
     buckets: Buckets = DEFAULT_BUCKETS,
     on_tokens: Callable[[list[list[int]]], None] | None = None,
     block: int = 8,
+    mesh: Mesh | None = None,
 ) -> Completion | list[Completion]:
     """Continues each prompt by up to `max_new_tokens` tokens.
 
@@ -71,6 +74,10 @@ def generate(
     (e.g. from load_cache; it is copied, not consumed), one prompt per row. `max_len`: the
     context (cache positions); default the bucket of the longest prompt + max_new_tokens.
     `on_tokens(new_tokens_per_row)` streams: the loop then runs in jitted blocks of `block`.
+    `mesh` (`yoco_jax.sharding.make_mesh`, e.g. {"context": 4, "data": 2}): rows split over
+    its data axes (padded to a multiple), each prompt chunk along its length over `context`,
+    and the K/V cache stays split along its length while decoding (the prompt chunk and
+    max_len are rounded up to multiples of the context size); the same tokens as without.
     Returns one Completion per prompt (a single one for a single prompt).
     """
     tokenizer = tokenizer or model.tokenizer
@@ -79,6 +86,7 @@ def generate(
     check_positive("prefill_chunk", prefill_chunk)
     check_positive("block", block)
     check_seed(seed)
+    placement.check_mesh(model.config, mesh)
     token_lists, single = as_token_lists(prompts, tokenizer, add_bos)
     check_prompts(model, token_lists)
     sampling = Sampling.checked(temperature, top_k, top_p)
@@ -97,34 +105,37 @@ def generate(
             f"{n} prompts for a cache of {cache.lengths.shape[0]} rows: give one per cache row"
         )
     used = None if cache is None else np.asarray(cache.lengths)
+    context = placement.context_size(mesh)
     shape = plan([len(p) for p in token_lists], max_new_tokens, buckets=buckets,
-                 chunk_size=prefill_chunk, max_len=max_len, used=used)  # fmt: skip
-    if cache is None:
-        cache = init_cache(model.config, buckets.batch_size(n), shape.max_len)
+                 chunk_size=prefill_chunk, max_len=max_len, used=used,
+                 multiple=context)  # fmt: skip
+    if cache is None:  # made by the prefill (a fresh cache: the split window path)
+        rows = placement.round_rows(buckets.batch_size(n), mesh)
     else:
         cache = jax.tree.map(jnp.copy, cache)  # the caller's cache stays usable
-        if shape.need > cache.max_len:
-            cache = grow_cache(cache, shape.max_len)
-    rows = cache.lengths.shape[0]
+        if shape.need > cache.max_len or cache.max_len % context:
+            cache = grow_cache(cache, max(shape.max_len, -(-cache.max_len // context) * context))
+        rows = cache.lengths.shape[0]
     tokens, lengths = pad_prompts(token_lists, rows, shape.width)
-    logits, cache = prefill_tokens(model, tokens, lengths, cache, chunk_size=shape.chunk)
+    logits, cache = prefill_tokens(model, tokens, lengths, cache, max_len=shape.max_len,
+                                   chunk_size=shape.chunk, mesh=mesh)  # fmt: skip
     budget = np.where(np.arange(rows) < n, max_new_tokens, 0)
     state = start_decode(logits, cache, budget, seed, buckets.seq_len(max_new_tokens))
-    state = _decode_all(model, state, n, sampling, stops, tokenizer, on_tokens, block)
+    state = _decode_all(model, state, n, sampling, stops, tokenizer, on_tokens, block, mesh)
     completions = _completions(state, n, stops, tokenizer)
     return completions[0] if single else completions
 
 
 def _decode_all(model, state: DecodeState, n: int, sampling, stops, tokenizer, on_tokens,
-                block: int) -> DecodeState:  # fmt: skip
+                block: int, mesh) -> DecodeState:  # fmt: skip
     """Decodes every row to its end: in one call, or in blocks of `block` tokens to stream
     them (`on_tokens`) and to end rows whose text holds a stop string."""
     stop_ids, stop_texts = stops
     if on_tokens is None and not stop_texts:
-        return decode(model, state, sampling=sampling, stop_ids=stop_ids)
+        return decode(model, state, sampling=sampling, stop_ids=stop_ids, mesh=mesh)
     shown = np.zeros((n,), np.int64)
     while True:
-        state = decode(model, state, steps=block, sampling=sampling, stop_ids=stop_ids)
+        state = decode(model, state, steps=block, sampling=sampling, stop_ids=stop_ids, mesh=mesh)
         out, n_out, done = jax.device_get((state.tokens, state.n_out, state.done))
         if on_tokens is not None:
             on_tokens([out[i, shown[i] : n_out[i]].tolist() for i in range(n)])

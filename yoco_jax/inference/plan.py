@@ -64,6 +64,7 @@ def plan(
     chunk_size: int,
     max_len: int | None = None,
     used: Sequence[int] | np.ndarray | None = None,
+    multiple: int = 1,
 ) -> Plan:
     """The shapes for prompts of `lengths` tokens followed by `max_new_tokens` new ones.
 
@@ -72,17 +73,21 @@ def plan(
     `max_len` (default: the bucket of the longest prompt + max_new_tokens) and must hold `need`.
     A continued cache holding fewer than `need` positions grows to `max_len` (default: the
     bucket of `need`).
+
+    `multiple` (the size of a mesh's `context` axis): the chunk and `max_len` are rounded up to
+    multiples of it, so every chunk and the cache split into equal slices over the axis.
     """
     check_positive("chunk_size", chunk_size)
+    up = lambda n, m: -(-n // m) * m
     longest = max(lengths)
     width = buckets.seq_len(longest)
-    chunk = min(chunk_size, width)
-    width = -(-width // chunk) * chunk
+    chunk = up(min(chunk_size, width), multiple)
+    width = up(width, chunk)
     filled = longest if used is None else int(np.max(np.asarray(used) + np.asarray(lengths)))
     need = filled + max(max_new_tokens - 1, 0)
     if used is not None:
-        return Plan(width, chunk, max_len or buckets.seq_len(need), need)
-    max_len = max_len or buckets.seq_len(longest + max_new_tokens)
+        return Plan(width, chunk, up(max_len or buckets.seq_len(need), multiple), need)
+    max_len = up(max_len or buckets.seq_len(longest + max_new_tokens), multiple)
     if need > max_len and max_new_tokens:
         raise ValueError(
             f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} - 1 (the last new "
