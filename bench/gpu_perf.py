@@ -12,7 +12,9 @@ Cases in priority order (bench/gpu_perf_cases.py):
   c) transformer-3b (random bf16 weights) through `model.prefill` at 32K: chunk 4096 vs one
      chunk, time (first call with compilation, then steady) and device peak memory;
   d) yoco-3b-1m prefill at 256K (1M if the budget allows), chunk 4096 vs 16384;
-  mosaic) JAX's Mosaic GPU flash attention vs cuDNN and ours (bench/gpu_perf_mosaic.py).
+  mosaic) JAX's Mosaic GPU flash attention vs cuDNN and ours (bench/gpu_perf_mosaic.py);
+  train) the yoco-1.4b train step, one lever at a time from a baseline: attention path, remat
+     policy, batch x length, scan over layers, loss chunk (bench/gpu_perf_train.py).
 Each group runs in its own process (its device peak is its own; a crash or out-of-memory kill
 loses only that group), prints rows as they come and saves them at once. A case whose estimate
 would pass the budget is skipped; a group still running at the budget is killed. Results go to
@@ -36,6 +38,7 @@ GROUPS = {
     "mosaic": "bench.gpu_perf_mosaic:mosaic",
     "transformer": "bench.gpu_perf_cases:transformer_prefill",
     "yoco": "bench.gpu_perf_cases:yoco_prefill",
+    "train": "bench.gpu_perf_train:train_levers",
 }
 ORDER = tuple(GROUPS)
 CAP_S = {"attention": 100, "mosaic": 70, "transformer": 100}  # a hung group cannot eat the rest
