@@ -6,8 +6,8 @@ With per-head log gates a_t = log(gamma_t) <= 0 and keys scaled by d_k ** -0.5:
     o_t = q_t S_t
 
 - `parallel_retention`: O(T^2) masked form, the obviously-right reference.
-- `chunkwise_retention`: `lax.scan` over chunks carrying S; linear in T, memory bounded by a
-  chunk.
+- `chunkwise_retention`: chunks in parallel (batched matmuls), states carried across chunks by
+  an associative scan; linear in T.
 - `recurrent_retention`: one token at a time (decode).
 
 Decay sums, states and the key scale are float32 whatever the input dtype (q k^T is a product
@@ -49,25 +49,23 @@ def parallel_retention(
     return _dot("bhij,bjhd->bihd", scores, v).astype(v.dtype)
 
 
-def _chunk(
-    state: Float[Array, "B H Dk Dv"],
-    q: Float[Array, "B C H Dk"],
-    k: Float[Array, "B C H Dk"],
-    v: Float[Array, "B C H Dv"],
-    log_gate: Float[Array, "B C H"],
-):
-    """One chunk: inner-chunk parallel form plus the contribution of the carried state."""
-    scale = k.shape[-1] ** -0.5  # applied in float32: a bfloat16 k * scale would round
-    cum = jnp.cumsum(log_gate.astype(f32), axis=1)  # [B, C, H]
-    total = cum[:, -1]  # [B, H]: log decay across the whole chunk
-    inner = _dot("bihd,bjhd->bhij", q, k) * (scale * _decay_matrix(cum))
-    out = _dot("bhij,bjhd->bihd", inner, v)
-    out += _dot("bihk,bhkv->bihv", q.astype(f32) * jnp.exp(cum)[..., None], state)
-    to_end = jnp.exp(total[:, None] - cum)[..., None]  # decay from each position to chunk end
-    new_state = jnp.exp(total)[..., None, None] * state + _dot(
-        "bjhk,bjhv->bhkv", k.astype(f32) * scale, v.astype(f32) * to_end
-    )
-    return new_state, out
+def _carry_states(
+    initial: Float[Array, "B H Dk Dv"],
+    decay: Float[Array, "B N H"],
+    local: Float[Array, "B N H Dk Dv"],
+) -> Float[Array, "B N+1 H Dk Dv"]:
+    """States before each chunk and after the last: S_i = decay_{i-1} S_{i-1} + local_{i-1}.
+
+    An associative scan of (decay, state) pairs, depth log N: the chunks' matmuls stay batched
+    and only this elementwise recurrence crosses chunks."""
+    ones = jnp.ones_like(decay[:, :1])
+    decays = jnp.concatenate([ones, decay], axis=1)[..., None, None]
+    states = jnp.concatenate([initial[:, None], local], axis=1)
+
+    def combine(a, b):
+        return a[0] * b[0], b[0] * a[1] + b[1]
+
+    return jax.lax.associative_scan(combine, (decays, states), axis=1)[1]
 
 
 def chunkwise_retention(
@@ -80,8 +78,11 @@ def chunkwise_retention(
 ) -> tuple[Float[Array, "B T H Dv"], Float[Array, "B H Dk Dv"]]:
     """Chunkwise-parallel form for any T; returns the outputs and the final state.
 
-    T is padded up to a multiple of `chunk_size` with zero keys and zero log gates, which leave
-    the state unchanged, so the returned state is the state after the last real token.
+    Every chunk's inner (masked, decayed) attention and its own state k^T v are batched
+    matmuls over all chunks at once; the states are then carried across chunks by
+    `_carry_states`, and each chunk adds q S of the state before it. T is padded up to a
+    multiple of `chunk_size` with zero keys and zero log gates, which leave the state unchanged,
+    so the returned state is the state after the last real token.
     """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -94,16 +95,21 @@ def chunkwise_retention(
         q, k, v = (jnp.pad(x, widths + [(0, 0), (0, 0)]) for x in (q, k, v))
         log_gate = jnp.pad(log_gate, widths + [(0, 0)])
     n = (t + pad) // c
-
-    def split(x):  # [B, n*C, ...] -> [n, B, C, ...]
-        return jnp.moveaxis(x.reshape(b, n, c, *x.shape[2:]), 1, 0)
-
-    def step(carry, xs):
-        return _chunk(carry, *xs)
-
-    state, out = jax.lax.scan(step, state.astype(f32), tuple(map(split, (q, k, v, log_gate))))
-    out = jnp.moveaxis(out, 0, 1).reshape(b, n * c, h, dv)[:, :t]
-    return out.astype(v.dtype), state
+    q, k, v, log_gate = (x.reshape(b, n, c, *x.shape[2:]) for x in (q, k, v, log_gate))
+    scale = dk**-0.5  # applied in float32: a bfloat16 k * scale would round
+    cum = jnp.cumsum(log_gate.astype(f32), axis=2)  # [B, N, C, H]
+    total = cum[:, :, -1]  # [B, N, H]: log decay across each chunk
+    causal = jnp.tril(jnp.ones((c, c), bool))
+    cum_h = jnp.moveaxis(cum, 2, 3)  # [B, N, H, C]
+    diff = jnp.where(causal, cum_h[..., :, None] - cum_h[..., None, :], -jnp.inf)
+    inner = _dot("bnihd,bnjhd->bnhij", q, k) * (scale * jnp.exp(diff))
+    out = _dot("bnhij,bnjhd->bnihd", inner, v)
+    to_end = jnp.exp(total[:, :, None] - cum)[..., None]  # decay from each position to its end
+    local = _dot("bnjhk,bnjhv->bnhkv", k.astype(f32) * scale, v.astype(f32) * to_end)
+    states = _carry_states(state.astype(f32), jnp.exp(total), local)  # [B, N+1, H, Dk, Dv]
+    out += _dot("bnihk,bnhkv->bnihv", q.astype(f32) * jnp.exp(cum)[..., None], states[:, :-1])
+    out = out.reshape(b, n * c, h, dv)[:, :t]
+    return out.astype(v.dtype), states[:, -1]
 
 
 def recurrent_retention(
