@@ -77,8 +77,10 @@ class YOCO(LanguageModel):
         x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
         x, _ = self.self_decoder(x, positions)
         k, v = self.cross_decoder.project_kv(x, positions)
-        if context_parallel.context_size() > 1:  # one gather of the global K/V for all layers
-            k, v, kv_pos = context_parallel.gather_kv(k, v, positions)
+        if context_parallel.context_size() > 1:  # one gather of the global K/V (or the ring)
+            k, v, kv_pos = context_parallel.gather_kv(
+                k, v, positions, self.config.context_attention
+            )
             # Zig-zag order for the cross-decoder (per token but for attention): equal causal work.
             x, positions = map(context_parallel.balance, (x, positions))
             x = self.cross_decoder(x, positions, k, v, None, kv_pos)

@@ -12,7 +12,8 @@ positions [i * T/n, (i + 1) * T/n). Shapes below are global; `n` is the axis siz
 - `gather_kv` + `cross_attention`: the cross-decoder's ONE global K/V is all-gathered once per
   step and every cross layer attends its local queries to it (causal by global position).
   Attention here is blocked (yoco_jax.ops.blocked_attention): each half of a device's queries
-  walks only the key blocks up to its last position, never the [T/n, T] scores.
+  walks only the key blocks up to its last position, never the [T/n, T] scores. A K/V too
+  large to gather stays split instead: ring attention (yoco_jax.ops.ring_attention).
 - `balance` / `unbalance`: the cross-decoder's tokens in zig-zag order (device i holds half
   slices i and 2n-1-i), so that every device does the same causal work; see docs/training.md.
 - `cache_attention`: decoding against a K/V cache that stays split along its length.
@@ -31,6 +32,7 @@ from jaxtyping import Array, Float, Int
 from yoco_jax.ops.attention import position_mask
 from yoco_jax.ops.blocked_attention import blocked_attention
 from yoco_jax.ops.retention import chunkwise_retention
+from yoco_jax.ops.ring_attention import choose, contiguous_half, ring_cross_attention, zigzag_half
 
 AXIS = "context"
 f32 = jnp.float32
@@ -174,9 +176,14 @@ def _by_halves(q, pos, k, v, kv_pos, window=None):
 
 
 def gather_kv(
-    k: Float[Array, "B T H D"], v: Float[Array, "B T H D"], positions: Int[Array, "B T"]
+    k: Float[Array, "B T H D"],
+    v: Float[Array, "B T H D"],
+    positions: Int[Array, "B T"],
+    mode: str = "auto",
 ) -> tuple[Array, Array, Array]:
-    """The global K/V (and their positions) gathered whole onto every slice, once per step.
+    """The global K/V (and their positions) gathered whole onto every slice, once per step;
+    or, where `mode` (Runtime.context_attention) picks ring attention (ops/ring_attention.py),
+    left split [B, T, ...] in zig-zag order (balanced, like the cross-decoder's queries).
 
     Returned as one copy per device, stacked: [n, B, T, H, D] (positions [n, B, T]) split over
     the axis along n, for `cross_attention` only. Each copy is varying, so the cotangents of all
@@ -184,6 +191,8 @@ def gather_kv(
     (an invariant copy would cost an all-reduce of the whole K/V gradient per layer).
     """
     check_length(k.shape[1])
+    if choose(mode, k.shape, k.dtype.itemsize) == "ring":
+        return tuple(map(balance, (k, v, positions)))
 
     def local(k, v, pos):
         return tuple(jax.lax.all_gather(x, AXIS, axis=1, tiled=True)[None] for x in (k, v, pos))
@@ -194,12 +203,14 @@ def gather_kv(
 def cross_attention(
     q: Float[Array, "B T Hq D"],
     positions: Int[Array, "B T"],
-    k: Float[Array, "n B S Hkv D"],
-    v: Float[Array, "n B S Hkv D"],
-    kv_positions: Int[Array, "n B S"],
+    k: Float[Array, "*n B S Hkv D"],
+    v: Float[Array, "*n B S Hkv D"],
+    kv_positions: Int[Array, "*n B S"],
 ) -> Float[Array, "B T Hq D"]:
     """Local queries (split over the axis) against the gathered K/V (from `gather_kv`)."""
     check_length(q.shape[1])
+    if k.ndim == 4:  # not gathered: ring attention
+        return ring_cross_attention(q, positions, k, v, kv_positions)
 
     def local(q, pos, k, v, kv_pos):
         return _by_halves(q, pos, k[0], v[0], kv_pos[0])
@@ -226,18 +237,6 @@ def _route(x, source):
     return jnp.concatenate(out, axis=1)
 
 
-def _zigzag(n: int, i: int, s: int) -> tuple[int, int]:
-    """Where the zig-zag layout's half s of device i lives in the contiguous one: half slice
-    c (of 2n) is half c % 2 of device c // 2; device i holds half slices i and 2n - 1 - i."""
-    return divmod(i if s == 0 else 2 * n - 1 - i, 2)
-
-
-def _contiguous(n: int, d: int, s: int) -> tuple[int, int]:
-    """The inverse of `_zigzag`: where half slice 2d + s sits in the zig-zag layout."""
-    c = 2 * d + s
-    return (c, 0) if c < n else (2 * n - 1 - c, 1)
-
-
 def balanced(t: int) -> bool:
     """Whether `balance` reorders a length-t sequence (it needs an even slice length)."""
     n = context_size()
@@ -251,7 +250,7 @@ def balance(x: Array) -> Array:
     if not balanced(x.shape[1]):
         return x
     n = context_size()
-    return _shard(lambda x: _route(x, lambda d, s: _zigzag(n, d, s)), (SPLIT,), SPLIT)(x)
+    return _shard(lambda x: _route(x, lambda d, s: zigzag_half(n, d, s)), (SPLIT,), SPLIT)(x)
 
 
 def unbalance(x: Array) -> Array:
@@ -259,7 +258,7 @@ def unbalance(x: Array) -> Array:
     if not balanced(x.shape[1]):
         return x
     n = context_size()
-    return _shard(lambda x: _route(x, lambda d, s: _contiguous(n, d, s)), (SPLIT,), SPLIT)(x)
+    return _shard(lambda x: _route(x, lambda d, s: contiguous_half(n, d, s)), (SPLIT,), SPLIT)(x)
 
 
 def cache_attention(
