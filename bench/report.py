@@ -566,6 +566,10 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import context_parallel
 
         parts.append(context_parallel.section(json.loads(context.read_text())))
+    for perf in sorted(results_dir.glob("gpu_perf-*.json")):  # bench/gpu_perf.py, copied by hand
+        from bench import gpu_perf_report
+
+        parts.append(gpu_perf_report.section(json.loads(perf.read_text())))
     for quality in sorted(results_dir.glob("quality-*.json")):  # written by bench/quality.py
         from bench import quality as quality_bench
 
