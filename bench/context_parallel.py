@@ -36,6 +36,7 @@ from yoco_jax.model import attention as model_attention  # noqa: E402
 from yoco_jax.model import build_model  # noqa: E402
 from yoco_jax.ops import context_parallel as cp  # noqa: E402
 from yoco_jax.ops.blocked_attention import blocked_attention  # noqa: E402
+from yoco_jax.ops.ring_attention import GATHER_LIMIT_BYTES  # noqa: E402
 from yoco_jax.train.config import TrainConfig  # noqa: E402
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
 from yoco_jax.train.step import Trainer  # noqa: E402
@@ -71,7 +72,7 @@ def _flash_like(q, k, v, *, window=None, impl=None):
     pos = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), q.shape[:2])
     if cp.context_size() == 1:
         return blocked_attention(q, k, v, pos, pos, window=window)
-    return cp.cross_attention(q, pos, *cp.gather_kv(k, v, pos))
+    return cp.cross_attention(q, pos, *cp.gather_kv(k, v, pos, "gather"))
 
 
 PLAN_LAYERS, PLAN_CONTEXTS, BUDGETS_GB = (2, 4), (1, 2, 4, 8), (16, 80)
@@ -112,20 +113,27 @@ def plan(name: str, contexts=PLAN_CONTEXTS, lengths=(16384, 32768)) -> list[dict
         model_attention.causal_attention = saved
 
 
-def received_bytes(config, length: int, context: int, item: int = 2) -> int:
+def received_bytes(config, length: int, context: int, item: int = 2, ring: bool = False) -> int:
     """Bytes one device receives per train step (forward + backward) from the context axis.
 
     YOCO: gated retention all-gathers each slice's state [H, Dk, Dv] (float32) per self layer
     (a sliding window instead receives its halo of window - 1 keys and values); the cross-decoder
     all-gathers its ONE K/V. A Transformer all-gathers K/V in every layer. The backward pass
-    moves the same volume back (reduce-scatter / reverse permutation).
+    moves the same volume back (reduce-scatter / reverse permutation). `ring`: the cross-decoder
+    under ring attention (ops/ring_attention.py) instead: in each cross layer n - 1 hops of a
+    K/V slice forward, n - 1 again backward beside n hops of its float32 dK/dV, plus the
+    zig-zag reorder of the K/V (one slice each way). Positions (4 bytes a token) are left out
+    of both forms, and per-layer remat would re-run each layer's forward hops.
     """
     n = context
     if n == 1:
         return 0
-    kv = (n - 1) * (length // n) * 2 * config.n_attn_kv_heads * config.attn_head_dim * item
+    kv_slice = (length // n) * 2 * config.n_attn_kv_heads * config.attn_head_dim
+    kv = (n - 1) * kv_slice * item
     if config.arch == "transformer":
         return 2 * config.n_layers * kv
+    if ring:  # replaces the gather and its reduce-scatter (2 * kv below)
+        kv = config.half_layers * (kv + n * kv_slice * 4 // 2) + kv_slice * item
     h, d = config.n_self_heads, config.self_head_dim
     if config.sliding_window is not None:
         halo = min(config.sliding_window - 1, (n - 1) * length // n)
@@ -160,7 +168,11 @@ def section(results: dict) -> str:
         "",
         "Bytes each device receives per train step (forward + backward) over the context axis, "
         "from the shapes, seq_len 262144, bf16 K/V: YOCO gathers one K/V (plus small retention "
-        "states per self layer), the Transformer gathers K/V in every layer.\n",
+        "states per self layer), the Transformer gathers K/V in every layer. YOCO (ring) keeps "
+        "the K/V split and passes it around the ring in each of its L/2 cross layers (float32 "
+        "dK/dV back), what `context_attention=auto` picks when the gathered copy would exceed "
+        f"{GATHER_LIMIT_BYTES / GiB:.0f} GiB per device: its traffic is per layer, not per step, "
+        "which is why gathering is the default.\n",
         "| model | " + " | ".join(f"context {n}" for n in COMM_CONTEXTS) + " |",
         "|---|" + "---|" * len(COMM_CONTEXTS),
     ]
@@ -193,6 +205,16 @@ def section(results: dict) -> str:
 COMM_CONTEXTS = (2, 4, 8)
 
 
+def communication() -> dict:
+    """The communication table's rows (from the shapes only): bytes per context size."""
+    rows = {"yoco-3b": ("yoco-3b", False), "yoco-3b (ring)": ("yoco-3b", True),
+            "transformer-3b": ("transformer-3b", False)}  # fmt: skip
+    return {
+        row: [received_bytes(get_config(name), 262144, n, ring=ring) for n in COMM_CONTEXTS]
+        for row, (name, ring) in rows.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="16384,65536")
@@ -206,12 +228,8 @@ def main() -> None:
         for n in map(int, args.contexts.split(",")):
             memory.append({"length": length, "context": n, **step_memory(config, length, n)})
             print(memory[-1], flush=True)
-    communication = {
-        name: [received_bytes(get_config(name), 262144, n) for n in COMM_CONTEXTS]
-        for name in ("yoco-3b", "transformer-3b")
-    }
     results = {"device": "CPU devices", "jax": jax.__version__,
-               "model": SMALL, "memory": memory, "communication": communication}  # fmt: skip
+               "model": SMALL, "memory": memory, "communication": communication()}  # fmt: skip
     if not args.no_plan:
         results["plan"] = plan("yoco-3b") + plan("transformer-3b")
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -15,7 +15,8 @@ log-sum-exp; the backward passes the K/V blocks around the ring again with float
 accumulators beside them, adds each device's share at each hop (the blocked attention's backward
 against the global log-sum-exp), and one last hop brings the accumulators home. Autodiff of the
 ppermute loop would instead keep every received block for the backward: the whole gathered
-K/V per layer, the memory this form exists to avoid.
+K/V per layer, the memory this form exists to avoid. Merges and accumulators are float32;
+in bfloat16 each hop's partial output and gradients are rounded once before they are added.
 
 Shapes: q [B, Tq, Hq, D] and positions [B, Tq]; k, v [B, Tk, Hkv, D] and kv_positions [B, Tk],
 all split along their length over the axis (query head h reads kv head h // (Hq // Hkv)).
@@ -58,8 +59,8 @@ def gathered_bytes(shape: tuple[int, ...], itemsize: int, mesh=None) -> int:
 
 
 def choose(mode: str, shape: tuple[int, ...], itemsize: int, mesh=None) -> str:
-    """ "gather" or "ring" for `mode` (a Runtime.context_attention): auto gathers when
-    `gathered_bytes` is at most GATHER_LIMIT_BYTES."""
+    """Which form `mode` (a Runtime.context_attention) runs, "gather" or "ring": auto gathers
+    when `gathered_bytes` is at most GATHER_LIMIT_BYTES."""
     if mode not in MODES:
         raise ValueError(f"context_attention={mode!r} is not valid; choose one of {MODES}")
     if mode != "auto":
@@ -152,10 +153,10 @@ def _ring_bwd(saved, d_out):
 
     def grads(block):
         """This device's queries' share of the gradients: (dq, dk, dv) of the block, float32."""
-        bk_, bv, bpos = block
+        kb, vb, pb = block
         dq, dk, dv = [], 0.0, 0.0
         for s in _halves(q.shape[1]):
-            saved = (q[:, s], bk_, bv, pos[:, s], bpos, out[:, s], lse[..., s])
+            saved = (q[:, s], kb, vb, pos[:, s], pb, out[:, s], lse[..., s])
             g = _attention_bwd(None, bk, saved, d_out[:, s])
             dq, dk, dv = dq + [g[0].astype(f32)], dk + g[1].astype(f32), dv + g[2].astype(f32)
         return jnp.concatenate(dq, axis=1), dk, dv
