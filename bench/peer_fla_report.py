@@ -11,7 +11,7 @@ SIDES = ("ours", "fla")
 
 # case -> (metric, higher is better)
 METRICS = {
-    "kernel fwd": ("ms", False), "kernel fwd+bwd": ("ms", False),
+    "kernel_fwd": ("ms", False), "kernel_bwd": ("ms", False),
     "prefill": ("tokens_per_s", True), "decode": ("ms_per_token", False),
     "train": ("tokens_per_s", True),
 }  # fmt: skip

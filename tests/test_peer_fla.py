@@ -43,7 +43,7 @@ def test_check_inputs_are_bfloat16_exact_with_model_like_gates(tmp_path):
 
 
 def test_rows_give_ours_over_theirs_speed_and_the_reasons_for_gaps():
-    cases = [("prefill", 1024), ("decode", 1024), ("train", 64), ("kernel fwd", 1024)]
+    cases = [("prefill", 1024), ("decode", 1024), ("train", 64), ("kernel_fwd", 1024)]
     parts = {
         "ours": [
             {"case": "prefill", "T": 1024, "tokens_per_s": 300.0, "first_s": 5.0},
@@ -63,7 +63,7 @@ def test_rows_give_ours_over_theirs_speed_and_the_reasons_for_gaps():
     assert "ahead" not in rows["train"]
     assert "ours: XlaRuntimeError" in rows["train"]["notes"]
     assert "fla: time budget" in rows["train"]["notes"]
-    assert rows["kernel fwd"]["notes"] == "ours: not run; fla: not run"
+    assert rows["kernel_fwd"]["notes"] == "ours: not run; fla: not run"
     results = {"info": {"ours": {}, "fla": {}}, "date": "d", "command": "c", "budget_s": 1.0}
     markdown = report.to_markdown({**results, "used_s": 1.0, "rows": list(rows.values())})
     assert "| prefill | 1024 | tokens_per_s | 300 | 100 | 3 |" in markdown
@@ -98,7 +98,7 @@ class _FakeSide:
 def test_child_skips_what_overruns_and_reports_what_fails(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "fake_peer_side", types.SimpleNamespace(Side=_FakeSide))
     monkeypatch.setitem(peer_fla.SIDES, "ours", "fake_peer_side")
-    spec = {"sizes": peer_fla.SMOKE}
+    spec = {"sizes": peer_fla.SMOKE, "cases": peer_fla.CASES}
     peer_fla.run_child("ours", spec, budget_s=60, part=tmp_path / "part.json")
     rows = json.loads((tmp_path / "part.json").read_text())
     assert rows[0] == {"case": "info", "device": "fake"}
@@ -108,7 +108,16 @@ def test_child_skips_what_overruns_and_reports_what_fails(tmp_path, monkeypatch)
     assert train["skipped"].startswith("time budget")
     decode = by_case["decode", peer_fla.SMOKE["prefill_lengths"][0]]
     assert decode["error"] == "MemoryError: out of memory"
-    assert by_case["kernel fwd", peer_fla.SMOKE["kernel_lengths"][0]]["ms"] == 1.0
+    assert by_case["kernel_fwd", peer_fla.SMOKE["kernel_lengths"][0]]["ms"] == 1.0
+
+
+def test_plan_runs_the_chosen_kinds_in_priority_order():
+    full = peer_fla.plan(peer_fla.FULL)
+    assert full[:2] == [("kernel_fwd", 32768), ("check", 1000)]
+    assert [t for case, t in full if case == "prefill"] == [32768, 131072, 262144]
+    assert peer_fla.plan(peer_fla.FULL, ["decode", "prefill"]) == [
+        ("prefill", 32768), ("prefill", 131072), ("prefill", 262144), ("decode", 32768),
+    ]  # fmt: skip
 
 
 def test_refuses_without_a_gpu(tmp_path, monkeypatch, capsys):
