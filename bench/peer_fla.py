@@ -2,6 +2,7 @@
 Triton), in one GPU run.
 
     python -m bench.peer_fla --out $OUT/peer --budget-s 330   # GPU (refuses without one)
+    python -m bench.peer_fla --out $OUT/peer --budget-s 200 --cases kernel_fwd check prefill decode
     python -m bench.peer_fla --out /tmp/peer --smoke          # CPU: tiny shapes, ours only, plus
                                                               # fla's torch reference in the check
 
@@ -12,7 +13,7 @@ triton, einops and transformers 5.x), e.g. `pip install --no-deps --target /tmp/
 
 What is compared, on the same GPU in one run:
 - kernel: gated retention alone at yoco-3b's self-decoder shape (B=1, 24 heads, head dim 128,
-  bf16 q/k/v, float32 log gates): our `chunkwise_retention` (lax.scan over chunks of 256, XLA)
+  bf16 q/k/v, float32 log gates): our `chunkwise_retention` (XLA, chunks of 256, the model's)
   vs fla's `chunk_simple_gla` (Triton, chunks of 64); forward, and forward + backward (the
   gradients of q, k, v and the gates for a given output gradient).
 - check: both on the same bf16-exact inputs (T a multiple of neither chunk) against a float64
@@ -27,8 +28,9 @@ What is compared, on the same GPU in one run:
   (ours: the project's chunked cross-entropy; fla: its fused linear cross-entropy).
 Timing: wall clock around device-synchronized calls, the median of up to 3 runs after one warm-up
 call, whose time (compilation, Triton autotuning) is kept as first_s. Each side runs in its own
-process (JAX with preallocation off) under its share of --budget-s, cases in priority order; a
-case whose estimate would overrun is skipped, a failing case is reported, not raised. Results:
+process (JAX with preallocation off) under its share of --budget-s, cases in priority order
+(--cases picks kinds); a case whose estimate would overrun is skipped, a failing case is
+reported, not raised. Results:
 --out/results.json and results.md (`ahead` = our speed / theirs: above 1, ours is faster).
 """
 
