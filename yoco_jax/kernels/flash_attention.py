@@ -61,22 +61,24 @@ class FlashConfig:
     block_keys_bwd: int
     backend: str
     interpret: Any
+    # The query offset and the first key are traced scalars (flash_attention_bounds.py).
+    traced: bool = False
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _kernel_attention(q, k, v, cfg):
-    return _FAMILIES[cfg.backend].forward(q, k, v, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _kernel_attention(q, k, v, bounds, cfg):
+    return _FAMILIES[cfg.backend].forward(q, k, v, cfg, bounds)[0]
 
 
-def _kernel_attention_fwd(q, k, v, cfg):
-    out, lse = _FAMILIES[cfg.backend].forward(q, k, v, cfg)
-    return out, (q, k, v, out, lse)
+def _kernel_attention_fwd(q, k, v, bounds, cfg):
+    out, lse = _FAMILIES[cfg.backend].forward(q, k, v, cfg, bounds)
+    return out, (q, k, v, bounds, out, lse)
 
 
 def _kernel_attention_bwd(cfg, residuals, d_out):
-    q, k, v, out, lse = residuals
+    q, k, v, bounds, out, lse = residuals
     delta = jnp.sum(out.astype(jnp.float32) * d_out.astype(jnp.float32), axis=-1, keepdims=True)
-    return _FAMILIES[cfg.backend].backward(q, k, v, lse, delta, d_out, cfg)
+    return *_FAMILIES[cfg.backend].backward(q, k, v, lse, delta, d_out, cfg, bounds), None
 
 
 _kernel_attention.defvjp(_kernel_attention_fwd, _kernel_attention_bwd)
@@ -89,6 +91,8 @@ def flash_attention(
     *,
     causal=True,
     window=None,
+    q_offset=None,
+    kv_start=None,
     sm_scale=None,
     interpret=None,
     backend=None,
@@ -98,8 +102,13 @@ def flash_attention(
 
     q `[B, Tq, Hq, D]`, k/v `[B, Tk, Hkv, D]` with Hq % Hkv == 0 (query head h reads kv head
     h // (Hq // Hkv)). Query i sits at key position Tk - Tq + i; `causal` keeps keys at positions
-    <= its own and `window=w` keeps keys in (p - w, p] (flash_attn `window_size=(w - 1, 0)`).
+    <= its own and `window=w` keys in (p - w, p] (flash_attn `window_size=(w - 1, 0)`).
     Softmax statistics are float32 whatever the input dtype. Returns `[B, Tq, Hq, D]` in q's dtype.
+
+    q_offset / kv_start (causal only; int or traced int32 scalar; None: Tk - Tq / 0): query i
+    sits at key position q_offset + i (any Tq, also before or past the keys) and the keys below
+    kv_start do not exist (empty slots). A query that sees no key gets 0. A slice of a longer
+    sequence passes the position of its first query (ops/context_kernels.py).
 
     backend: 'gpu' (Triton) | 'tpu' (Mosaic) | None (the default device's family, GPU on CPU).
     interpret: None (interpret unless the default device runs `backend`), True/False, or a
@@ -113,7 +122,10 @@ def flash_attention(
             f"flash_attention: window={window} needs causal=True and window >= 1 (it keeps keys "
             "in (p - window, p])."
         )
-    if causal and q_len > kv_len:
+    traced = q_offset is not None or kv_start is not None
+    if traced and not causal:
+        raise ValueError("flash_attention: q_offset / kv_start need causal=True.")
+    if causal and q_len > kv_len and not traced:
         raise ValueError(
             f"flash_attention: causal attention needs Tq <= Tk (queries are the last Tq of Tk "
             f"positions); got Tq={q_len}, Tk={kv_len}."
@@ -136,7 +148,14 @@ def flash_attention(
         block_keys_bwd=fit_block(blocks.keys_bwd, kv_len),
         backend=backend,
         interpret=resolve_interpret(interpret, backend),
+        traced=traced,
     )
+    bounds = None
+    if traced:
+        # kv_start clipped into [0, Tk]: the key-range arithmetic assumes a non-negative start.
+        start = jnp.clip(jnp.asarray(0 if kv_start is None else kv_start, jnp.int32), 0, kv_len)
+        offset = jnp.asarray(kv_len - q_len if q_offset is None else q_offset, jnp.int32)
+        bounds = jnp.stack([offset, start])
     rows_to = round_up(num_rows, math.lcm(cfg.block_rows, cfg.block_rows_bwd))
     keys_to = round_up(kv_len, math.lcm(cfg.block_keys, cfg.block_keys_bwd))
     # Triton tiles need power-of-two sizes >= 16; zero columns change no dot product.
@@ -145,5 +164,5 @@ def flash_attention(
     rows = pad_axis(pad_axis(fold_queries(q, num_kv_heads), 2, rows_to), 3, dim_to)
     k = pad_axis(pad_axis(k, 1, keys_to), 3, dim_to)
     v = pad_axis(pad_axis(v, 1, keys_to), 3, dim_to)
-    out = _kernel_attention(rows, k, v, cfg)
+    out = _kernel_attention(rows, k, v, bounds, cfg)
     return unfold_queries(out[..., :head_dim], q_len, num_heads)

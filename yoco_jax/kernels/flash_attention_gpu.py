@@ -28,15 +28,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from yoco_jax.kernels.common import (
-    LOG2E,
-    block_mask,
-    key_block_range,
-    matmul,
-    online_softmax_step,
-    row_block_range,
-    unmasked_key_blocks,
-)
+from yoco_jax.kernels import flash_attention_bounds as bounds
+from yoco_jax.kernels.common import LOG2E, matmul, online_softmax_step
 
 
 def compiler_params():
@@ -46,8 +39,24 @@ def compiler_params():
     return plgpu.CompilerParams(num_warps=4, num_stages=2)
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg):
+def _band(refs, cfg):
+    """(band, the other refs): with `cfg.traced` the refs start with q_offset and kv_start."""
+    if not cfg.traced:
+        return bounds.band(cfg), refs
+    return bounds.band(cfg, refs[0][()], refs[1][()]), refs[2:]
+
+
+def _bound_inputs(traced_bounds):
+    """Extra leading inputs and BlockSpecs: the two traced scalars, or nothing."""
+    if traced_bounds is None:
+        return [], []
+    scalar = lambda n: pl.BlockSpec((None,), lambda *_: (n,))
+    return [traced_bounds, traced_bounds], [scalar(0), scalar(1)]
+
+
+def _forward_kernel(*refs, cfg):
     """q_ref `[BM, D]` rows, k_ref/v_ref `[Tk, D]`, o_ref `[BM, D]`, lse_ref `[BM, 1]`."""
+    bd, (q_ref, k_ref, v_ref, o_ref, lse_ref) = _band(refs, cfg)
     block_rows, block_keys = cfg.block_rows, cfg.block_keys
     row0 = pl.program_id(0) * block_rows
     num_key_blocks = k_ref.shape[0] // block_keys
@@ -60,17 +69,15 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg):
             keys = pl.ds(key0, block_keys)
             s = matmul(q, k_ref[keys, :], trans_b=True) * scale
             if masked:
-                mask = block_mask(row0, key0, block_rows, block_keys, cfg.masking)
+                mask = bounds.tile_mask(bd, row0, key0, block_rows, block_keys)
                 s = jnp.where(mask, s, -jnp.inf)
             return online_softmax_step(*carry, s, v_ref[keys, :])
 
         return step
 
-    first, end = key_block_range(row0, block_rows, block_keys, num_key_blocks, cfg.masking)
+    first, end = bounds.key_blocks(bd, row0, block_rows, block_keys, num_key_blocks)
     # Only the blocks on the edges of the causal / window band pay for the mask.
-    full_first, full_end = unmasked_key_blocks(
-        row0, block_rows, block_keys, first, end, cfg.masking
-    )
+    full_first, full_end = bounds.full_key_blocks(bd, row0, block_rows, block_keys, first, end)
     carry = (
         jnp.zeros(o_ref.shape, jnp.float32),
         jnp.full((block_rows, 1), -jnp.inf, jnp.float32),
@@ -84,18 +91,21 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, cfg):
     lse_ref[...] = m + jnp.log2(denom)
 
 
-def forward(q, k, v, cfg):
-    """q `[B, Hkv, R, D]`, k/v `[B, Tk, Hkv, D]` -> out `[B, Hkv, R, D]`, lse `[B, Hkv, R, 1]`."""
+def forward(q, k, v, cfg, traced_bounds=None):
+    """q `[B, Hkv, R, D]`, k/v `[B, Tk, Hkv, D]` -> out `[B, Hkv, R, D]`, lse `[B, Hkv, R, 1]`.
+
+    traced_bounds: int32 `[2]` (q_offset, kv_start) when `cfg.traced`, else None."""
     batch, num_kv_heads, num_rows, head_dim = q.shape
     kv_len = k.shape[1]
     block_rows = cfg.block_rows
     row_spec = pl.BlockSpec((None, None, block_rows, head_dim), lambda i, b, h: (b, h, i, 0))
     kv_spec = pl.BlockSpec((None, kv_len, None, head_dim), lambda i, b, h: (b, 0, h, 0))
     lse_spec = pl.BlockSpec((None, None, block_rows, 1), lambda i, b, h: (b, h, i, 0))
+    extra, extra_specs = _bound_inputs(traced_bounds)
     return pl.pallas_call(
         functools.partial(_forward_kernel, cfg=cfg),
         grid=(num_rows // block_rows, batch, num_kv_heads),
-        in_specs=[row_spec, kv_spec, kv_spec],
+        in_specs=[*extra_specs, row_spec, kv_spec, kv_spec],
         out_specs=[row_spec, lse_spec],
         out_shape=[
             jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -104,19 +114,20 @@ def forward(q, k, v, cfg):
         compiler_params=compiler_params(),
         interpret=cfg.interpret,
         name="flash_attention_fwd",
-    )(q, k, v)
+    )(*extra, q, k, v)
 
 
-def _probabilities(q, k, lse, row0, key0, block_rows, block_keys, cfg):
+def _probabilities(q, k, lse, row0, key0, block_rows, block_keys, cfg, bd):
     """Recomputed attention probabilities of one tile `[rows, keys]` (0 where masked)."""
     s = matmul(q, k, trans_b=True) * (cfg.sm_scale * LOG2E)
-    mask = block_mask(row0, key0, block_rows, block_keys, cfg.masking)
+    mask = bounds.tile_mask(bd, row0, key0, block_rows, block_keys)
     # Rows with no visible key have lse = -inf; `where` (not a product) keeps them at 0.
     return jnp.where(mask, jnp.exp2(s - lse), 0.0)
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, cfg):
+def _dkdv_kernel(*refs, cfg):
     """k/v/dk/dv refs `[BN, D]` (one key block); q/do `[R, D]`, lse/delta `[R, 1]` (all rows)."""
+    bd, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref) = _band(refs, cfg)
     block_rows, block_keys = cfg.block_rows_bwd, cfg.block_keys_bwd
     key0 = pl.program_id(0) * block_keys
     num_row_blocks = q_ref.shape[0] // block_rows
@@ -127,21 +138,22 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
         row0 = i * block_rows
         rows = pl.ds(row0, block_rows)
         q, do = q_ref[rows, :], do_ref[rows, :]
-        p = _probabilities(q, k, lse_ref[rows, :], row0, key0, block_rows, block_keys, cfg)
+        p = _probabilities(q, k, lse_ref[rows, :], row0, key0, block_rows, block_keys, cfg, bd)
         dv += matmul(p.astype(do.dtype), do, trans_a=True)
         ds = p * (matmul(do, v, trans_b=True) - delta_ref[rows, :])
         dk += matmul(ds.astype(q.dtype), q, trans_a=True)
         return dk, dv
 
-    first, end = row_block_range(key0, block_keys, block_rows, num_row_blocks, cfg.masking)
+    first, end = bounds.row_blocks(bd, key0, block_keys, block_rows, num_row_blocks)
     zeros = jnp.zeros(k_ref.shape, jnp.float32)
     dk, dv = lax.fori_loop(first, end, body, (zeros, zeros))
     dk_ref[...] = (dk * cfg.sm_scale).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, cfg):
+def _dq_kernel(*refs, cfg):
     """q/do/dq refs `[BM, D]`, lse/delta `[BM, 1]` (one row block); k/v `[Tk, D]`."""
+    bd, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref) = _band(refs, cfg)
     block_rows, block_keys = cfg.block_rows_bwd, cfg.block_keys_bwd
     row0 = pl.program_id(0) * block_rows
     num_key_blocks = k_ref.shape[0] // block_keys
@@ -151,21 +163,22 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, cfg):
         key0 = j * block_keys
         keys = pl.ds(key0, block_keys)
         k = k_ref[keys, :]
-        p = _probabilities(q, k, lse, row0, key0, block_rows, block_keys, cfg)
+        p = _probabilities(q, k, lse, row0, key0, block_rows, block_keys, cfg, bd)
         ds = p * (matmul(do, v_ref[keys, :], trans_b=True) - delta)
         return dq + matmul(ds.astype(k.dtype), k)
 
-    first, end = key_block_range(row0, block_rows, block_keys, num_key_blocks, cfg.masking)
+    first, end = bounds.key_blocks(bd, row0, block_rows, block_keys, num_key_blocks)
     dq = lax.fori_loop(first, end, body, jnp.zeros(q_ref.shape, jnp.float32))
     dq_ref[...] = (dq * cfg.sm_scale).astype(dq_ref.dtype)
 
 
-def backward(q, k, v, lse, delta, do, cfg):
+def backward(q, k, v, lse, delta, do, cfg, traced_bounds=None):
     """Gradients of `forward` given dO (`[B, Hkv, R, D]`) and delta = rowsum(out * dO)."""
     batch, num_kv_heads, num_rows, head_dim = q.shape
     kv_len = k.shape[1]
     block_rows, block_keys = cfg.block_rows_bwd, cfg.block_keys_bwd
     params = compiler_params()
+    extra, extra_specs = _bound_inputs(traced_bounds)
 
     all_rows = pl.BlockSpec((None, None, num_rows, head_dim), lambda j, b, h: (b, h, 0, 0))
     all_stats = pl.BlockSpec((None, None, num_rows, 1), lambda j, b, h: (b, h, 0, 0))
@@ -173,13 +186,13 @@ def backward(q, k, v, lse, delta, do, cfg):
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, cfg=cfg),
         grid=(kv_len // block_keys, batch, num_kv_heads),
-        in_specs=[all_rows, key_block, key_block, all_rows, all_stats, all_stats],
+        in_specs=[*extra_specs, all_rows, key_block, key_block, all_rows, all_stats, all_stats],
         out_specs=[key_block, key_block],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         compiler_params=params,
         interpret=cfg.interpret,
         name="flash_attention_bwd_dkdv",
-    )(q, k, v, do, lse, delta)
+    )(*extra, q, k, v, do, lse, delta)
 
     row_block = pl.BlockSpec((None, None, block_rows, head_dim), lambda i, b, h: (b, h, i, 0))
     stats_block = pl.BlockSpec((None, None, block_rows, 1), lambda i, b, h: (b, h, i, 0))
@@ -187,11 +200,11 @@ def backward(q, k, v, lse, delta, do, cfg):
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, cfg=cfg),
         grid=(num_rows // block_rows, batch, num_kv_heads),
-        in_specs=[row_block, all_keys, all_keys, row_block, stats_block, stats_block],
+        in_specs=[*extra_specs, row_block, all_keys, all_keys, row_block, stats_block, stats_block],
         out_specs=row_block,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         compiler_params=params,
         interpret=cfg.interpret,
         name="flash_attention_bwd_dq",
-    )(q, k, v, do, lse, delta)
+    )(*extra, q, k, v, do, lse, delta)
     return dq, dk, dv

@@ -7,6 +7,9 @@ outside the causal / window band skip compute, and their index maps repeat the l
 Pallas issues no DMA for them. K/V are transposed to `[B, Hkv, Tk, D]` so every tile is a dense
 `(multiple of 8, D)` slab (head_dim should be a multiple of 128 on real TPUs, like the YOCO models).
 
+With a traced query offset (flash_attention_bounds.py) the two int32 scalars arrive by scalar
+prefetch: the index maps read them too, so blocks outside the band are neither computed nor copied.
+
 Tested on CPU with TPU semantics (`pltpu.InterpretParams`); not yet run on TPU hardware.
 """
 
@@ -19,14 +22,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from yoco_jax.kernels.common import (
-    LOG2E,
-    block_mask,
-    key_block_range,
-    matmul,
-    online_softmax_step,
-    row_block_range,
-)
+from yoco_jax.kernels import flash_attention_bounds as bounds
+from yoco_jax.kernels.common import LOG2E, matmul, online_softmax_step
 
 _SEMANTICS = pltpu.CompilerParams(
     dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")
@@ -38,11 +35,45 @@ def _clamp(index, first, end):
     return jnp.minimum(jnp.maximum(index, first), jnp.maximum(end - 1, 0))
 
 
-def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, acc_ref, m_ref, denom_ref, *, cfg, nkb):
+def _band(cfg, bounds_ref=None):
+    """The band of `cfg`; with `cfg.traced`, its scalars from the prefetched `[2]` ref."""
+    if bounds_ref is None:
+        return bounds.band(cfg)
+    return bounds.band(cfg, bounds_ref[0], bounds_ref[1])
+
+
+def _split(refs, cfg):
+    """(band, the other refs): with `cfg.traced` the first ref holds the prefetched scalars."""
+    return (_band(cfg, refs[0]), refs[1:]) if cfg.traced else (_band(cfg), refs)
+
+
+def _call(kernel, traced_bounds, grid, in_specs, out_specs, scratch, out_shape, name, cfg):
+    """pallas_call with the traced scalars (if any) prefetched: they lead the index maps' and
+    the kernel's arguments."""
+    prefetch = () if traced_bounds is None else (traced_bounds,)
+    grid_spec = pltpu.PrefetchScalarGridSpec(
+        num_scalar_prefetch=len(prefetch), grid=grid, in_specs=in_specs, out_specs=out_specs,
+        scratch_shapes=scratch,
+    )  # fmt: skip
+    return functools.partial(
+        pl.pallas_call(
+            kernel,
+            grid_spec=grid_spec,
+            out_shape=out_shape,
+            compiler_params=_SEMANTICS,
+            interpret=cfg.interpret,
+            name=name,
+        ),  # fmt: skip
+        *prefetch,
+    )
+
+
+def _forward_kernel(*refs, cfg, nkb):
     """One (row block i, key block j) step; q/o `[BM, D]`, k/v `[BN, D]`, lse/m/denom `[BM, 1]`."""
+    bd, (q_ref, k_ref, v_ref, o_ref, lse_ref, acc_ref, m_ref, denom_ref) = _split(refs, cfg)
     block_rows, block_keys = cfg.block_rows, cfg.block_keys
     i, j = pl.program_id(2), pl.program_id(3)
-    first, end = key_block_range(i * block_rows, block_rows, block_keys, nkb, cfg.masking)
+    first, end = bounds.key_blocks(bd, i * block_rows, block_rows, block_keys, nkb)
 
     @pl.when(j == 0)
     def _init():
@@ -53,7 +84,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, acc_ref, m_ref, denom_r
     @pl.when((j >= first) & (j < end))
     def _step():
         s = matmul(q_ref[...], k_ref[...], trans_b=True) * (cfg.sm_scale * LOG2E)
-        mask = block_mask(i * block_rows, j * block_keys, block_rows, block_keys, cfg.masking)
+        mask = bounds.tile_mask(bd, i * block_rows, j * block_keys, block_rows, block_keys)
         s = jnp.where(mask, s, -jnp.inf)
         acc, m, denom = online_softmax_step(acc_ref[...], m_ref[...], denom_ref[...], s, v_ref[...])
         acc_ref[...], m_ref[...], denom_ref[...] = acc, m, denom
@@ -67,55 +98,56 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, acc_ref, m_ref, denom_r
         lse_ref[...] = m_ref[...] + jnp.log2(denom)
 
 
-def forward(q, k, v, cfg):
-    """q `[B, Hkv, R, D]`, k/v `[B, Tk, Hkv, D]` -> out `[B, Hkv, R, D]`, lse `[B, Hkv, R, 1]`."""
+def forward(q, k, v, cfg, traced_bounds=None):
+    """q `[B, Hkv, R, D]`, k/v `[B, Tk, Hkv, D]` -> out `[B, Hkv, R, D]`, lse `[B, Hkv, R, 1]`.
+
+    traced_bounds: int32 `[2]` (q_offset, kv_start) when `cfg.traced`, else None."""
     batch, num_kv_heads, num_rows, head_dim = q.shape
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     block_rows, block_keys = cfg.block_rows, cfg.block_keys
     nrb, nkb = num_rows // block_rows, k.shape[2] // block_keys
 
-    def kv_index(b, h, i, j):
-        first, end = key_block_range(i * block_rows, block_rows, block_keys, nkb, cfg.masking)
+    def kv_index(b, h, i, j, *prefetch):
+        bd = _band(cfg, *prefetch)
+        first, end = bounds.key_blocks(bd, i * block_rows, block_rows, block_keys, nkb)
         return b, h, _clamp(j, first, end), 0
 
-    row_spec = pl.BlockSpec((None, None, block_rows, head_dim), lambda b, h, i, j: (b, h, i, 0))
-    lse_spec = pl.BlockSpec((None, None, block_rows, 1), lambda b, h, i, j: (b, h, i, 0))
+    row_spec = pl.BlockSpec((None, None, block_rows, head_dim), lambda b, h, i, j, *_: (b, h, i, 0))
+    lse_spec = pl.BlockSpec((None, None, block_rows, 1), lambda b, h, i, j, *_: (b, h, i, 0))
     kv_spec = pl.BlockSpec((None, None, block_keys, head_dim), kv_index)
-    return pl.pallas_call(
-        functools.partial(_forward_kernel, cfg=cfg, nkb=nkb),
-        grid=(batch, num_kv_heads, nrb, nkb),
-        in_specs=[row_spec, kv_spec, kv_spec],
-        out_specs=[row_spec, lse_spec],
-        out_shape=[
-            jax.ShapeDtypeStruct(q.shape, q.dtype),
-            jax.ShapeDtypeStruct((batch, num_kv_heads, num_rows, 1), jnp.float32),
-        ],
-        scratch_shapes=[
-            pltpu.VMEM((block_rows, head_dim), jnp.float32),
-            pltpu.VMEM((block_rows, 1), jnp.float32),
-            pltpu.VMEM((block_rows, 1), jnp.float32),
-        ],
-        compiler_params=_SEMANTICS,
-        interpret=cfg.interpret,
-        name="flash_attention_fwd_tpu",
-    )(q, k, v)
+    scratch = [
+        pltpu.VMEM((block_rows, head_dim), jnp.float32),
+        pltpu.VMEM((block_rows, 1), jnp.float32),
+        pltpu.VMEM((block_rows, 1), jnp.float32),
+    ]
+    out_shape = [
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        jax.ShapeDtypeStruct((batch, num_kv_heads, num_rows, 1), jnp.float32),
+    ]
+    call = _call(
+        functools.partial(_forward_kernel, cfg=cfg, nkb=nkb), traced_bounds,
+        (batch, num_kv_heads, nrb, nkb), [row_spec, kv_spec, kv_spec], [row_spec, lse_spec],
+        scratch, out_shape, "flash_attention_fwd_tpu", cfg,
+    )  # fmt: skip
+    return call(q, k, v)
 
 
-def _tile_gradients(q, k, v, do, lse, delta, i, j, cfg):
+def _tile_gradients(q, k, v, do, lse, delta, i, j, cfg, bd):
     """Probabilities p and score gradients ds of tile (row block i, key block j), `[BM, BN]`."""
     block_rows, block_keys = cfg.block_rows_bwd, cfg.block_keys_bwd
     s = matmul(q, k, trans_b=True) * (cfg.sm_scale * LOG2E)
-    mask = block_mask(i * block_rows, j * block_keys, block_rows, block_keys, cfg.masking)
+    mask = bounds.tile_mask(bd, i * block_rows, j * block_keys, block_rows, block_keys)
     p = jnp.where(mask, jnp.exp2(s - lse), 0.0)
     return p, p * (matmul(do, v, trans_b=True) - delta)
 
 
-def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, dk_acc, dv_acc,
-                 *, cfg, nrb):  # fmt: skip
+def _dkdv_kernel(*refs, cfg, nrb):
     """One (key block j, row block i) step accumulating dK, dV `[BN, D]` of key block j."""
+    bd, refs = _split(refs, cfg)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, dk_acc, dv_acc = refs
     j, i = pl.program_id(2), pl.program_id(3)
-    first, end = row_block_range(
-        j * cfg.block_keys_bwd, cfg.block_keys_bwd, cfg.block_rows_bwd, nrb, cfg.masking
+    first, end = bounds.row_blocks(
+        bd, j * cfg.block_keys_bwd, cfg.block_keys_bwd, cfg.block_rows_bwd, nrb
     )
 
     @pl.when(i == 0)
@@ -127,7 +159,7 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
     def _step():
         q, do = q_ref[...], do_ref[...]
         p, ds = _tile_gradients(
-            q, k_ref[...], v_ref[...], do, lse_ref[...], delta_ref[...], i, j, cfg
+            q, k_ref[...], v_ref[...], do, lse_ref[...], delta_ref[...], i, j, cfg, bd
         )
         dv_acc[...] += matmul(p.astype(do.dtype), do, trans_a=True)
         dk_acc[...] += matmul(ds.astype(q.dtype), q, trans_a=True)
@@ -138,11 +170,12 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref
         dv_ref[...] = dv_acc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_acc, *, cfg, nkb):
+def _dq_kernel(*refs, cfg, nkb):
     """One (row block i, key block j) step accumulating dQ `[BM, D]` of row block i."""
+    bd, (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_acc) = _split(refs, cfg)
     i, j = pl.program_id(2), pl.program_id(3)
-    first, end = key_block_range(
-        i * cfg.block_rows_bwd, cfg.block_rows_bwd, cfg.block_keys_bwd, nkb, cfg.masking
+    first, end = bounds.key_blocks(
+        bd, i * cfg.block_rows_bwd, cfg.block_rows_bwd, cfg.block_keys_bwd, nkb
     )
 
     @pl.when(j == 0)
@@ -153,7 +186,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_acc, 
     def _step():
         k = k_ref[...]
         _, ds = _tile_gradients(
-            q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], delta_ref[...], i, j, cfg
+            q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], delta_ref[...], i, j, cfg, bd
         )
         dq_acc[...] += matmul(ds.astype(k.dtype), k)
 
@@ -162,7 +195,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, dq_acc, 
         dq_ref[...] = (dq_acc[...] * cfg.sm_scale).astype(dq_ref.dtype)
 
 
-def backward(q, k, v, lse, delta, do, cfg):
+def backward(q, k, v, lse, delta, do, cfg, traced_bounds=None):
     """Gradients of `forward` given dO (`[B, Hkv, R, D]`) and delta = rowsum(out * dO)."""
     batch, num_kv_heads, num_rows, head_dim = q.shape
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
@@ -170,42 +203,34 @@ def backward(q, k, v, lse, delta, do, cfg):
     nrb, nkb = num_rows // block_rows, k.shape[2] // block_keys
 
     # dK/dV: grid (b, h, key block j, row block i), rows inner.
-    def rows_of_key_block(b, h, j, i):
-        first, end = row_block_range(j * block_keys, block_keys, block_rows, nrb, cfg.masking)
+    def rows_of_key_block(b, h, j, i, *prefetch):
+        bd = _band(cfg, *prefetch)
+        first, end = bounds.row_blocks(bd, j * block_keys, block_keys, block_rows, nrb)
         return b, h, _clamp(i, first, end), 0
 
     rows = pl.BlockSpec((None, None, block_rows, head_dim), rows_of_key_block)
     stats = pl.BlockSpec((None, None, block_rows, 1), rows_of_key_block)
-    keys = pl.BlockSpec((None, None, block_keys, head_dim), lambda b, h, j, i: (b, h, j, 0))
-    dk, dv = pl.pallas_call(
-        functools.partial(_dkdv_kernel, cfg=cfg, nrb=nrb),
-        grid=(batch, num_kv_heads, nkb, nrb),
-        in_specs=[rows, keys, keys, rows, stats, stats],
-        out_specs=[keys, keys],
-        out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2,
-        scratch_shapes=[pltpu.VMEM((block_keys, head_dim), jnp.float32)] * 2,
-        compiler_params=_SEMANTICS,
-        interpret=cfg.interpret,
-        name="flash_attention_bwd_dkdv_tpu",
-    )(q, k, v, do, lse, delta)
+    keys = pl.BlockSpec((None, None, block_keys, head_dim), lambda b, h, j, i, *_: (b, h, j, 0))
+    dk, dv = _call(
+        functools.partial(_dkdv_kernel, cfg=cfg, nrb=nrb), traced_bounds,
+        (batch, num_kv_heads, nkb, nrb), [rows, keys, keys, rows, stats, stats], [keys, keys],
+        [pltpu.VMEM((block_keys, head_dim), jnp.float32)] * 2,
+        [jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2, "flash_attention_bwd_dkdv_tpu", cfg,
+    )(q, k, v, do, lse, delta)  # fmt: skip
 
     # dQ: grid (b, h, row block i, key block j), keys inner.
-    def keys_of_row_block(b, h, i, j):
-        first, end = key_block_range(i * block_rows, block_rows, block_keys, nkb, cfg.masking)
+    def keys_of_row_block(b, h, i, j, *prefetch):
+        bd = _band(cfg, *prefetch)
+        first, end = bounds.key_blocks(bd, i * block_rows, block_rows, block_keys, nkb)
         return b, h, _clamp(j, first, end), 0
 
-    rows = pl.BlockSpec((None, None, block_rows, head_dim), lambda b, h, i, j: (b, h, i, 0))
-    stats = pl.BlockSpec((None, None, block_rows, 1), lambda b, h, i, j: (b, h, i, 0))
+    rows = pl.BlockSpec((None, None, block_rows, head_dim), lambda b, h, i, j, *_: (b, h, i, 0))
+    stats = pl.BlockSpec((None, None, block_rows, 1), lambda b, h, i, j, *_: (b, h, i, 0))
     keys = pl.BlockSpec((None, None, block_keys, head_dim), keys_of_row_block)
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, cfg=cfg, nkb=nkb),
-        grid=(batch, num_kv_heads, nrb, nkb),
-        in_specs=[rows, keys, keys, rows, stats, stats],
-        out_specs=rows,
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        scratch_shapes=[pltpu.VMEM((block_rows, head_dim), jnp.float32)],
-        compiler_params=_SEMANTICS,
-        interpret=cfg.interpret,
-        name="flash_attention_bwd_dq_tpu",
-    )(q, k, v, do, lse, delta)
+    dq = _call(
+        functools.partial(_dq_kernel, cfg=cfg, nkb=nkb), traced_bounds,
+        (batch, num_kv_heads, nrb, nkb), [rows, keys, keys, rows, stats, stats], rows,
+        [pltpu.VMEM((block_rows, head_dim), jnp.float32)],
+        jax.ShapeDtypeStruct(q.shape, q.dtype), "flash_attention_bwd_dq_tpu", cfg,
+    )(q, k, v, do, lse, delta)  # fmt: skip
     return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)

@@ -46,7 +46,7 @@ class SlidingWindowAttention(nn.Module):
 
         new_cache = None
         if (cache is None or fresh) and context_parallel.context_size() > 1:  # split sequence
-            o = context_parallel.window_attention(q, k, v, positions, w)
+            o = context_parallel.window_attention(q, k, v, positions, w, **_options(cfg))
         elif cache is None or fresh:
             o = causal_attention(q, k, v, window=w, **_options(cfg))
         else:
@@ -87,7 +87,7 @@ class CrossAttention(nn.Module):
         )
         q = checkpoint_name(q, "qkv")
         if kv_positions is not None:
-            o = context_parallel.cross_attention(q, positions, k, v, kv_positions)
+            o = context_parallel.cross_attention(q, positions, k, v, kv_positions, **_options(cfg))
         elif lengths is None:
             o = causal_attention(q, k, v, **_options(cfg))
         elif context_parallel.context_size() > 1:  # the cache is split along its length

@@ -31,6 +31,7 @@ from jaxtyping import Array, Float, Int
 
 from yoco_jax.ops.attention import position_mask
 from yoco_jax.ops.blocked_attention import blocked_attention
+from yoco_jax.ops.context_kernels import halves_kernel
 from yoco_jax.ops.retention import chunkwise_retention
 from yoco_jax.ops.ring_attention import choose, contiguous_half, ring_cross_attention, zigzag_half
 
@@ -67,8 +68,9 @@ def split_along_length(x: Array) -> Array:
     return jax.lax.with_sharding_constraint(x, P(free, AXIS, *[free] * (x.ndim - 2)))
 
 
-def _shard(fn, in_specs, out_specs):
-    return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs, axis_names={AXIS})
+def _shard(fn, ins, outs, vma=True):  # vma=False around Pallas kernels (context_kernels.py)
+    fn = jax.shard_map(fn, in_specs=ins, out_specs=outs, axis_names={AXIS}, check_vma=vma)
+    return fn if vma else jax.jit(fn)  # unchecked, it runs under jit only (not eagerly)
 
 
 def _scan_states(state, total, initial):
@@ -143,25 +145,27 @@ def window_attention(
     v: Float[Array, "B T H D"],
     positions: Int[Array, "B T"],
     window: int,
+    **kernel,
 ) -> Float[Array, "B T H D"]:
-    """Sliding-window causal attention (keys at positions (p - window, p]) over slices."""
+    """Sliding-window attention (keys in (p - window, p]) over slices; kernel: halves_kernel's."""
     t, n = q.shape[1], context_size()
     check_length(t, n)
     local_len = t // n
     hops = min(n - 1, -(-(window - 1) // local_len))  # slices a window can reach back into
+    attend = halves_kernel(q, t, window, **kernel) or _by_halves
 
     def local(q, k, v, pos):
         if hops == 0:
-            return _by_halves(q, pos, k, v, pos, window)
+            return attend(q, pos, k, v, pos, window)
         keep = min(window - 1, hops * local_len)  # halo entries that can be in a window
         halo = lambda x: _halo(x, hops)[:, -keep:]
         # Positions travel as pos + 1 so that a missing slice (zeros) arrives as -1: empty.
         kv_pos = jnp.concatenate([halo(pos + 1) - 1, pos], axis=1)
         keys = jnp.concatenate([halo(k), k], axis=1)
         values = jnp.concatenate([halo(v), v], axis=1)
-        return _by_halves(q, pos, keys, values, kv_pos, window)
+        return attend(q, pos, keys, values, kv_pos, window)
 
-    return _shard(local, (SPLIT,) * 4, SPLIT)(q, k, v, positions)
+    return _shard(local, (SPLIT,) * 4, SPLIT, attend is _by_halves)(q, k, v, positions)
 
 
 def _by_halves(q, pos, k, v, kv_pos, window=None):
@@ -206,16 +210,17 @@ def cross_attention(
     k: Float[Array, "*n B S Hkv D"],
     v: Float[Array, "*n B S Hkv D"],
     kv_positions: Int[Array, "*n B S"],
+    **kernel,
 ) -> Float[Array, "B T Hq D"]:
     """Local queries (split over the axis) against the gathered K/V (from `gather_kv`)."""
     check_length(q.shape[1])
     if k.ndim == 4:  # not gathered: ring attention
         return ring_cross_attention(q, positions, k, v, kv_positions)
 
-    def local(q, pos, k, v, kv_pos):
-        return _by_halves(q, pos, k[0], v[0], kv_pos[0])
-
-    return _shard(local, (SPLIT, SPLIT) + (P(AXIS),) * 3, SPLIT)(q, positions, k, v, kv_positions)
+    attend = halves_kernel(q, k.shape[-3], **kernel) or _by_halves
+    local = lambda q, pos, k, v, kv_pos: attend(q, pos, k[0], v[0], kv_pos[0])
+    specs = (SPLIT, SPLIT) + (P(AXIS),) * 3
+    return _shard(local, specs, SPLIT, attend is _by_halves)(q, positions, k, v, kv_positions)
 
 
 def _route(x, source):
