@@ -2,16 +2,12 @@
 logits, gradients and training losses as the unsplit model."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from processes import finish, start_train
 
 from yoco_jax import sharding
 from yoco_jax.config import get_config
@@ -28,7 +24,6 @@ CONFIGS = {
     "window": get_config("yoco-swa-tiny", n_layers=2, chunk_size=4, dtype="float32"),
 }
 BATCH, LENGTH = 4, 40
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _inputs(config):
@@ -201,36 +196,10 @@ def test_train_with_context_4_then_resumed_with_context_2_matches_context_1(tmp_
 
 def _start_processes(output_dir, processes, context, cache, corpus, model):
     """train.py on 4 devices in all, in `processes` processes (gloo collectives)."""
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # fmt: skip
     run = [f"model={model}" if arg.startswith("model=") else arg for arg in RUN]
-    command = [sys.executable, str(ROOT / "train.py"), *run, "steps=3", "data_shards=2",
-               f"data.path={corpus}", f"output_dir={output_dir}",
-               f"mesh.context={context}"]  # fmt: skip
-    distributed = lambda i: [f"--coordinator_address=localhost:{port}",
-                             f"--num_processes={processes}", f"--process_id={i}"]  # fmt: skip
-    return [
-        subprocess.Popen(
-            command + (distributed(i) if processes > 1 else []),
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for i in range(processes)
-    ]
-
-
-def _wait(runs):
-    outputs = [run.communicate(timeout=400)[0] for run in runs]
-    for run, output in zip(runs, outputs):
-        assert run.returncode == 0, output
-    return outputs[0]
+    args = [*run, "steps=3", "data_shards=2", f"data.path={corpus}", f"output_dir={output_dir}",
+            f"mesh.context={context}"]  # fmt: skip
+    return start_train(args, processes, cache)
 
 
 @pytest.mark.slow
@@ -242,9 +211,9 @@ def test_context_spanning_two_processes_matches_one_process(tmp_path, model):
     for i in range(40):
         (corpus / f"doc{i}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * (i % 5 + 1))
     one = _start_processes(tmp_path / "one", 1, 1, cache, corpus, model)  # overlaps the next
-    output = _wait(_start_processes(tmp_path / "two", 2, 4, cache, corpus, model))
+    output = finish(_start_processes(tmp_path / "two", 2, 4, cache, corpus, model))
     assert "2 process(es)" in output and "'context': 4" in output
-    _wait(one)
+    finish(one)
     read = lambda name: _losses_of(tmp_path / name)
     want, got = read("one"), read("two")
     assert sorted(got) == sorted(want) == [1, 2, 3]

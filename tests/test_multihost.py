@@ -2,18 +2,13 @@
 4 devices, and both write, then restore, the same checkpoint."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import finish, start_train
 
 from yoco_jax import distributed
 
-ROOT = Path(__file__).resolve().parent.parent
 # A constant learning rate, so a run stopped at step 4 and continued to 8 follows the same
 # schedule as a run of 8 steps; data_shards fixes the batches whatever the process count.
 RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=32",
@@ -22,51 +17,16 @@ RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=
        "eval_batches=1", "checkpoint_every=2", "progress=false"]  # fmt: skip
 
 
-def _env(devices, cache):
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")  # fmt: skip
-
-
 def _start(output_dir, steps, cache, processes, corpus):
     """Starts train.py in `processes` processes (4 devices in all)."""
-    port = _free_port()
-    command = [sys.executable, str(ROOT / "train.py"), *RUN, f"steps={steps}",
-               f"output_dir={output_dir}", f"data.path={corpus}"]  # fmt: skip
-    distributed = lambda i: [f"--coordinator_address=localhost:{port}",
-                             f"--num_processes={processes}", f"--process_id={i}"]  # fmt: skip
-    return [
-        subprocess.Popen(
-            command + (distributed(i) if processes > 1 else []),
-            cwd=ROOT,
-            env=_env(4 // processes, cache),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )  # fmt: skip
-        for i in range(processes)
-    ]
-
-
-def _finish(runs):
-    """Waits for the processes of one run; returns process 0's output."""
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    for run, output in zip(runs, outputs):
-        assert run.returncode == 0, output
-    return outputs[0]
+    args = [*RUN, f"steps={steps}", f"output_dir={output_dir}", f"data.path={corpus}"]
+    return start_train(args, processes, cache)
 
 
 def _losses(output_dir):
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     losses = {r["step"]: r["loss"] for r in records if "loss" in r}
     return np.array([losses[step] for step in sorted(losses)]), sorted(losses)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def test_distributed_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
@@ -86,12 +46,12 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
         )
     two, one = tmp_path / "two_processes", tmp_path / "one_process"
     reference_run = _start(one, 8, cache, processes=1, corpus=corpus)  # overlaps the others
-    first = _finish(_start(two, 4, cache, processes=2, corpus=corpus))
+    first = finish(_start(two, 4, cache, processes=2, corpus=corpus))
     assert "2 process(es)" in first and "mesh {'data': 4" in first
-    assert sorted(os.listdir(two / "checkpoints")) == ["2", "4"]
-    resumed = _finish(_start(two, 8, cache, processes=2, corpus=corpus))  # both restore step 4
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["2", "4"]
+    resumed = finish(_start(two, 8, cache, processes=2, corpus=corpus))  # both restore step 4
     assert "resuming from step 4" in resumed
-    _finish(reference_run)
+    finish(reference_run)
     losses, steps = _losses(two)
     reference, reference_steps = _losses(one)
     assert steps == reference_steps == list(range(1, 9))
