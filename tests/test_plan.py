@@ -2,7 +2,7 @@
 
 import pytest
 
-from yoco_jax.inference.plan import Buckets, plan
+from yoco_jax.inference.plan import Buckets, default_prefill_chunk, plan
 
 POW2 = Buckets()
 
@@ -29,3 +29,9 @@ def test_a_continued_cache_needs_its_fullest_row():
     shape = plan([2, 30], 4, buckets=POW2, chunk_size=8, used=[20, 3])
     assert (shape.need, shape.max_len) == (36, 64)
     assert plan([2, 30], 4, buckets=POW2, chunk_size=8, used=[20, 3], max_len=40).max_len == 40
+
+
+def test_the_default_prefill_chunk_is_the_measured_one_per_platform():
+    assert default_prefill_chunk("gpu") == 16384  # H100 measurement in docs/benchmarks.md
+    assert default_prefill_chunk("tpu") == default_prefill_chunk("cpu") == 4096
+    assert default_prefill_chunk() == 4096  # this CPU

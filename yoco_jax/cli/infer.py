@@ -35,7 +35,7 @@ from yoco_jax.config import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference import placement
 from yoco_jax.inference.generate import generate
-from yoco_jax.inference.plan import DEFAULT_PREFILL_CHUNK, Buckets, plan
+from yoco_jax.inference.plan import Buckets, default_prefill_chunk, plan
 
 OUTPUT_KEYS = ("completion", "completion_tokens", "finish_reason")
 
@@ -81,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=None, help="stop token id or text")
     p.add_argument("--max-len", type=_positive_int, default=None, help="context (cache) length")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="JSONL prompts per batch")
-    p.add_argument("--prefill-chunk", type=_positive_int, default=DEFAULT_PREFILL_CHUNK)
+    p.add_argument(
+        "--prefill-chunk",
+        type=_positive_int,
+        default=None,
+        help="tokens per prefill step (default: 16384 on GPU, 4096 elsewhere)",
+    )
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to text prompts")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
@@ -194,7 +199,7 @@ def _check_memory(model, token_lists, args, mesh) -> None:
     rows = placement.round_rows(buckets.batch_size(min(args.batch_size, len(token_lists))), mesh)
     positions = plan(
         [len(t) for t in token_lists], args.max_new_tokens, buckets=buckets,
-        chunk_size=args.prefill_chunk, max_len=args.max_len,
+        chunk_size=args.prefill_chunk or default_prefill_chunk(), max_len=args.max_len,
         multiple=placement.context_size(mesh),
     ).max_len  # fmt: skip
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids

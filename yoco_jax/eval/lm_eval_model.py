@@ -29,7 +29,7 @@ from tqdm import tqdm
 from yoco_jax.errors import CheckpointError
 from yoco_jax.eval.scoring import score_rows
 from yoco_jax.inference.generate import generate
-from yoco_jax.inference.plan import DEFAULT_PREFILL_CHUNK
+from yoco_jax.inference.plan import default_prefill_chunk
 from yoco_jax.pretrained import load_handle
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class YocoLM(TemplateLM):
         model=None,
         tokenizer=None,
         batch_size=8,
-        prefill_chunk=DEFAULT_PREFILL_CHUNK,
+        prefill_chunk=None,
         max_gen_toks: int = 256,
         seed: int = 0,
         dtype: str | None = None,
@@ -79,7 +79,7 @@ class YocoLM(TemplateLM):
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be a positive integer")
-        self.prefill_chunk = int(prefill_chunk)
+        self.prefill_chunk = int(prefill_chunk or default_prefill_chunk())
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
 

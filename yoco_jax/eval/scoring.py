@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig
-from yoco_jax.inference.plan import DEFAULT_PREFILL_CHUNK, Buckets, plan
+from yoco_jax.inference.plan import Buckets, default_prefill_chunk, plan
 from yoco_jax.model import build_model, init_cache
 from yoco_jax.model.cache import TransformerCache, YOCOCache
 from yoco_jax.model.handle import ModelHandle
@@ -86,7 +86,7 @@ def score_rows(
     rows: Sequence[Sequence[int]],
     *,
     batch_size: int = 8,
-    chunk_size: int = DEFAULT_PREFILL_CHUNK,
+    chunk_size: int | None = None,
     progress=None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact per-token scores of many token rows (each >= 2 tokens), in input order.
@@ -95,6 +95,7 @@ def score_rows(
     the padded length (power of two, then a multiple of the chunk) are bucketed, so a whole task
     compiles a few times. `progress(n_done)` is called after each batch.
     """
+    chunk_size = default_prefill_chunk() if chunk_size is None else chunk_size
     if not rows:
         return []
     for i, row in enumerate(rows):

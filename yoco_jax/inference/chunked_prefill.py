@@ -16,9 +16,9 @@ from yoco_jax.config import ModelConfig
 from yoco_jax.inference import placement
 from yoco_jax.inference.plan import (
     DEFAULT_BUCKETS,
-    DEFAULT_PREFILL_CHUNK,
     Buckets,
     check_positive,
+    default_prefill_chunk,
     plan,
 )
 from yoco_jax.inference.prompts import as_token_lists, check_prompts, pad_prompts
@@ -43,7 +43,7 @@ def prefill_tokens(
     cache: Cache | None = None,
     *,
     max_len: int | None = None,
-    chunk_size: int = DEFAULT_PREFILL_CHUNK,
+    chunk_size: int | None = None,
     mesh: Mesh | None = None,
 ):
     """Right-padded int tokens [B, P] (lengths[b] real ones, 0 allowed) -> (logits [B, V], cache).
@@ -52,6 +52,7 @@ def prefill_tokens(
     multiple of `chunk_size`: a shorter last chunk costs one more compilation. `mesh`: see
     `prefill`; P, `chunk_size` and the cache length must then be multiples of its context size.
     """
+    chunk_size = default_prefill_chunk() if chunk_size is None else chunk_size
     check_positive("chunk_size", chunk_size)
     cfg = model.config
     b, p = tokens.shape
@@ -106,7 +107,7 @@ def prefill(
     *,
     cache: Cache | None = None,
     max_len: int | None = None,
-    chunk_size: int = DEFAULT_PREFILL_CHUNK,
+    chunk_size: int | None = None,
     tokenizer=None,
     buckets: Buckets = DEFAULT_BUCKETS,
     mesh: Mesh | None = None,
@@ -121,6 +122,7 @@ def prefill(
     must divide), each chunk along its length over `context`, and the returned cache stays
     split along its length (chunk and max_len rounded up to multiples of the context size).
     """
+    chunk_size = default_prefill_chunk() if chunk_size is None else chunk_size
     check_positive("chunk_size", chunk_size)
     placement.check_mesh(model.config, mesh)
     token_lists, _ = as_token_lists(prompts, tokenizer or model.tokenizer)

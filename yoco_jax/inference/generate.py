@@ -20,9 +20,9 @@ from yoco_jax.inference.chunked_prefill import prefill_tokens
 from yoco_jax.inference.decode_loop import DecodeState, decode, start_decode
 from yoco_jax.inference.plan import (
     DEFAULT_BUCKETS,
-    DEFAULT_PREFILL_CHUNK,
     Buckets,
     check_positive,
+    default_prefill_chunk,
     plan,
 )
 from yoco_jax.inference.prompts import as_token_lists, check_prompts, pad_prompts
@@ -56,7 +56,7 @@ def generate(
     cache: Cache | None = None,
     tokenizer=None,
     add_bos: bool = False,
-    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    prefill_chunk: int | None = None,
     buckets: Buckets = DEFAULT_BUCKETS,
     on_tokens: Callable[[list[list[int]]], None] | None = None,
     block: int = 8,
@@ -83,6 +83,7 @@ def generate(
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is not None:  # before any work: a wrong one fails only when decoding
         check_tokenizer(tokenizer, model.config.vocab_size)
+    prefill_chunk = default_prefill_chunk() if prefill_chunk is None else prefill_chunk
     check_positive("prefill_chunk", prefill_chunk)
     check_positive("block", block)
     check_seed(seed)
