@@ -37,23 +37,27 @@ BASELINE = {
     "config": "yoco-1.4b", "batch": 4, "length": 2048, "attention_impl": "auto",
     "remat": "none", "scan_layers": True, "loss_chunk": 1024,
 }  # fmt: skip
-# (lever, value), most telling first: the deadline cuts the tail. Scanned layers compile in
-# about the time of one layer, so the baseline scans and unrolling is measured once, late.
+# (lever, overrides of the baseline), most telling first: the deadline cuts the tail.
+# Scanned layers compile in about the time of one layer, so the baseline scans and unrolling is
+# measured once, late. Remat none keeps ~29 GB of activations per 8K tokens at 1.4B (traced
+# residuals), so a larger batch is measured under a remat policy: compare it with that policy's
+# own 4x2048 row.
 LEVERS = [
-    ("attention_impl", "pallas"),  # auto is cuDNN on a GPU (bf16, head dim 128)
-    ("remat", "save_qkv_and_mixer_out"),
-    ("remat", "full"),
-    ("batch x length", (8, 2048)),
-    ("remat", "dots_with_no_batch_dims"),
-    ("batch x length", (2, 4096)),
-    ("scan_layers", False),
-    ("loss_chunk", 4096),
-    ("remat", "save_all_named"),
-    ("loss_chunk", 256),
-    ("attention_impl", "xla"),
+    ("attention_impl", {"attention_impl": "pallas"}),  # auto: cuDNN (bf16, head dim 128)
+    ("remat", {"remat": "save_qkv_and_mixer_out"}),
+    ("remat", {"remat": "full"}),
+    ("batch x length", {"batch": 8, "remat": "save_qkv_and_mixer_out"}),
+    ("batch x length", {"batch": 2, "length": 4096}),
+    ("remat", {"remat": "dots_with_no_batch_dims"}),
+    ("scan_layers", {"scan_layers": False}),
+    ("loss_chunk", {"loss_chunk": 4096}),
+    ("remat", {"remat": "save_all_named"}),
+    ("batch x length", {"batch": 16, "remat": "full"}),
+    ("loss_chunk", {"loss_chunk": 256}),
+    ("attention_impl", {"attention_impl": "xla"}),
 ]
 SMOKE = {**BASELINE, "config": "yoco-tiny", "batch": 2, "length": 64, "loss_chunk": 32}
-SMOKE_LEVERS = {"batch x length": [(4, 64), (1, 128)], "loss_chunk": [64, 16]}
+SMOKE_SCALE = 32  # smoke runs divide lengths and loss chunks by this
 REPEATS = 5
 FIT = 0.95  # a plan above this share of the device memory limit is not run
 
@@ -69,18 +73,13 @@ def _baseline(smoke: bool) -> dict:
     return base
 
 
-def _levers(smoke: bool) -> list:
-    """LEVERS; in smoke runs the shape levers take values that fit the tiny baseline."""
+def _scaled(overrides: dict, smoke: bool) -> dict:
+    """The same lever at the tiny smoke baseline's scale (lengths and loss chunks divided)."""
     if not smoke:
-        return LEVERS
-    smoke_values = {k: iter(v) for k, v in SMOKE_LEVERS.items()}
-    return [(k, next(smoke_values[k]) if k in smoke_values else v) for k, v in LEVERS]
-
-
-def _settings(base: dict, lever: str, value) -> dict:
-    if lever == "batch x length":
-        return {**base, "batch": value[0], "length": value[1]}
-    return {**base, lever: value}
+        return overrides
+    return {
+        k: v // SMOKE_SCALE if k in ("length", "loss_chunk") else v for k, v in overrides.items()
+    }
 
 
 class _State:
@@ -151,25 +150,32 @@ def _measure(row: dict, s: dict, holder: _State, rates: dict) -> None:
     row["peak_gb"] = None if peak is None else peak / 1e9
 
 
-def _row(lever: str, value, s: dict) -> dict:
+def _row(lever: str, overrides: dict, s: dict) -> dict:
+    value = " ".join(f"{k}={v}" for k, v in overrides.items()) or "-"
     shape = f"{s['batch']}x{s['length']}"
-    return {"case": f"train {s['config']}", "lever": lever, "value": str(value), "BxT": shape}
+    return {"case": f"train {s['config']}", "lever": lever, "value": value, "BxT": shape}
 
 
 def train_levers(cfg, deadline, smoke):
     """Rows of the baseline and of each lever (`cfg`, the gpu_perf shapes, is not used)."""
     del cfg
+    # JAX takes 75% of GPU memory by default; remat none at 1.4B, 4x2048 needs ~65 GB. This
+    # process's backend starts below (row "matmul" gives the limit it got).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     base = _baseline(smoke)
     n = 256 if smoke else 8192
     rates = {"nominal": nominal_peak(jax.devices()[0].device_kind)}
     rates["matmul"] = matmul_rate(n, jnp.bfloat16)
+    limit = device_memory_limit()
     yield {"case": "matmul", "lever": "-", "value": f"{n}^3 bf16",
-           "model_tflops": rates["matmul"] / 1e12}  # fmt: skip
+           "model_tflops": rates["matmul"] / 1e12,
+           "limit_gb": None if limit is None else limit / 1e9}  # fmt: skip
     holder = _State()
     estimate = 10 if smoke else 90  # the first compile (and init), until one is measured
-    for lever, value in [("baseline", "-"), *_levers(smoke)]:
-        s = base if lever == "baseline" else _settings(base, lever, value)
-        row = _row(lever, value, s)
+    for lever, overrides in [("baseline", {}), *LEVERS]:
+        overrides = _scaled(overrides, smoke)
+        s = {**base, **overrides}
+        row = _row(lever, overrides, s)
         if lever != "baseline" and s == base:
             continue  # the baseline already has this value (YOCO_PERF_TRAIN)
         unrolled = not s["scan_layers"] and not smoke
