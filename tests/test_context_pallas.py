@@ -167,3 +167,11 @@ def test_the_kernels_run_where_the_attention_impl_resolves_to_pallas():
     assert halves_kernel(q, 64, impl="xla") is None
     assert halves_kernel(q, 64, impl="auto") is None  # auto on CPU: XLA
     assert halves_kernel(jnp.zeros((1, 8, 4, 12)), 64, impl="pallas") is None  # no Triton tile
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the CPU refusal")
+def test_the_gpu_check_refuses_without_a_gpu(capsys):
+    from bench import context_kernels_check
+
+    assert context_kernels_check.main() == 2
+    assert "no GPU found" in capsys.readouterr().err
