@@ -114,9 +114,6 @@ class Runtime:
     # The cross-decoder's K/V over mesh.context: gathered once per step, or passed around the
     # ring in every cross layer; auto: gather unless the copy passes ops/ring_attention.py's limit
     context_attention: str = "auto"
-    # The cross-decoder's K/V over mesh.context: gathered once per step, or passed around the
-    # ring in every cross layer; auto: gather unless the copy passes ops/ring_attention.py's limit
-    context_attention: str = "auto"
 
     def __post_init__(self):
         _check_choices(self, {
@@ -128,7 +125,6 @@ class Runtime:
             "kernel_backend": (None, "gpu", "tpu"),
             "kernel_interpret": (None, True, False),
             "scan_layers": (True, False),
-            "context_attention": ("auto", "gather", "ring"),
             "context_attention": ("auto", "gather", "ring"),
         })  # fmt: skip
         _check_positive(self, ["chunk_size"])
