@@ -90,6 +90,8 @@ def to_markdown(results: dict) -> str:
     for group in ORDER:
         rows = results["groups"].get(group, {}).get("rows", [])
         error = results["groups"].get(group, {}).get("error")
+        if not rows and not error:
+            continue
         lines += ["", f"## {group}", ""]
         if error:
             lines.append(f"group error: {error}\n")

@@ -42,13 +42,26 @@ def findings(results: dict) -> list[str]:
             f"{row['peak_gb']:.1f} GB; FLOP floor {floor / 1e15:.2f} PFLOP"
         )
         if rate:
-            line += f" = {floor / rate:.2f} s at the measured matmul rate: **"
+            line += f" = {floor / rate:.2f} s at {rate / 1e12:.0f} TFLOP/s: **"
             line += f"{row['steady_s'] * rate / floor:.2f}x the floor** (goal <= 1.5x)"
         lines.append(line + ".")
+    trained = [r for r in results["groups"].get("train", {}).get("rows", []) if "mfu_nominal" in r]
+    if trained:
+        best = max(trained, key=lambda r: r["mfu_nominal"])
+        lines.append(
+            f"- Training, {best['case'].split()[-1]}: the best step measured is `{best['value']}` "
+            f"({best['BxT']}): {best['ms_per_step']:.0f} ms, {best['tokens_per_s']:,.0f} tokens/s, "
+            f"**{best['mfu_nominal']:.1%} of nominal bf16 peak** (goal >= 50%), "
+            f"{best['mfu_matmul']:.1%} of the matmul rate measured in the same run."
+        )
     return lines
 
 
 def section(results: dict) -> str:
-    title = f"## Performance run (issue 14): {results['device']}, jax {results['jax']}"
+    title = (
+        f"## Performance run (issue 14): {results['device']}, jax {results['jax']}, "
+        f"{results['date']}"
+    )
     body = to_markdown(results).split("\n", 1)[1]  # its own title goes
-    return "\n".join([title, "", *findings(results), body.replace("\n## ", "\n### ")])
+    note = [results["note"], ""] if results.get("note") else []
+    return "\n".join([title, "", *note, *findings(results), body.replace("\n## ", "\n### ")])

@@ -102,6 +102,15 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def section(results: dict) -> str:
+    """docs/benchmarks.md's section of a saved run: the table under its own heading."""
+    body = to_markdown(results).split("\n", 1)[1]
+    device = results["info"]["ours"]["device"]
+    title = f"## Peer: flash-linear-attention's YOCO, {device}, {results['date']}"
+    note = f"\n{results['note']}\n" if results.get("note") else ""
+    return f"{title}\n{note}{body}"
+
+
 def to_markdown(results: dict) -> str:
     info = results["info"]
     lines = [f"# bench/peer_fla.py: ours vs flash-linear-attention YOCO, {results['date']}", ""]

@@ -570,6 +570,10 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import gpu_perf_report
 
         parts.append(gpu_perf_report.section(json.loads(perf.read_text())))
+    for peer in sorted(results_dir.glob("peer_fla-*.json")):  # bench/peer_fla.py, copied by hand
+        from bench import peer_fla_report
+
+        parts.append(peer_fla_report.section(json.loads(peer.read_text())))
     for quality in sorted(results_dir.glob("quality-*.json")):  # written by bench/quality.py
         from bench import quality as quality_bench
 
