@@ -84,6 +84,18 @@ def test_logits_and_every_gradient_equal_the_unsplit_model(unsplit, mixer, axes)
         _close(got, want)
 
 
+def test_bfloat16_gradients_under_context_reduce_in_float32(unsplit):
+    """A bf16 step under mesh.context used to abort XLA:CPU (a bf16 reduce-scatter of the K/V
+    gradient); the gather's transpose now sums in float32. The bf16 gradients stay near the
+    float32 unsplit ones."""
+    config = get_config("yoco-tiny", n_layers=2, chunk_size=4, dtype="bfloat16")
+    _, grads = _logits_and_grads(config, sharding.make_mesh({"context": 2, "data": 4}))
+    _, want_grads = unsplit["retention"]
+    for got, want in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(want_grads)):
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, atol=0.05 * np.max(np.abs(want)))
+
+
 def test_a_length_that_does_not_split_over_the_axis_is_refused():
     config = CONFIGS["retention"]
     model = build_model(config)

@@ -18,8 +18,8 @@ positions [i * T/n, (i + 1) * T/n). Shapes below are global; `n` is the axis siz
   slices i and 2n-1-i), so that every device does the same causal work; see docs/training.md.
 - `cache_attention`: decoding against a K/V cache that stays split along its length.
 
-All of it is differentiable jax, so the backward passes are exact (all_gather transposes to a
-reduce-scatter, ppermute to the reverse ppermute).
+All of it is differentiable, so the backward passes are exact (all_gather transposes to a
+reduce-scatter, in float32 for K/V; ppermute to the reverse ppermute).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
+from yoco_jax.ops import collectives
 from yoco_jax.ops.attention import position_mask
 from yoco_jax.ops.blocked_attention import blocked_attention
 from yoco_jax.ops.context_kernels import halves_kernel
@@ -198,8 +199,8 @@ def gather_kv(
     if choose(mode, k.shape, k.dtype.itemsize) == "ring":
         return tuple(map(balance, (k, v, positions)))
 
-    def local(k, v, pos):
-        return tuple(jax.lax.all_gather(x, AXIS, axis=1, tiled=True)[None] for x in (k, v, pos))
+    def local(k, v, pos):  # K/V gradients reduce in float32 (ops/collectives.py)
+        return tuple(collectives.all_gather(x, AXIS, 1)[None] for x in (k, v, pos))
 
     return _shard(local, (SPLIT,) * 3, (P(AXIS),) * 3)(k, v, positions)
 
