@@ -111,9 +111,6 @@ def test_offsets_need_causal_attention():
 # self-decoder reaches back over 2 slices of 10 (and from mid-slice), and the cross-decoder's
 # zig-zag halves of 5 queries attend the gathered K/V. Attention heads: 4 over 2 kv heads, dim 16.
 CONFIG = get_config("yoco-swa-tiny", n_layers=2, chunk_size=4, dtype="float32")
-PALLAS = replace_checked(
-    CONFIG, attention_impl="pallas", kernel_backend="gpu", kernel_interpret=True
-)
 BATCH, LENGTH = 2, 40
 
 
@@ -144,14 +141,29 @@ def _close(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
 
 
-def test_pallas_model_over_the_context_axis_equals_the_unsplit_xla_model():
-    one = sharding.make_mesh({}, devices=jax.devices()[:1])
-    (want_logits, want_grads), _ = _logits_and_grads(CONFIG, one)
-    # data 2: the kernels run per device inside the context shard_map (batch split too).
-    mesh = sharding.make_mesh({"context": 4, "data": 2})
-    (logits, grads), jaxpr = _logits_and_grads(PALLAS, mesh)
-    # The kernels did run: two halves in the window layer and two in the cross layer.
-    assert jaxpr.count("name=flash_attention_fwd") == 4
+@pytest.fixture(scope="module")
+def unsplit():
+    return _logits_and_grads(CONFIG, sharding.make_mesh({}, devices=jax.devices()[:1]))[0]
+
+
+# GPU semantics with data 2 (the kernels' per-device shard_map also splits the batch); context 4
+# gives zig-zag halves of 5 queries (two kernel calls per layer). TPU semantics on a context-only
+# mesh (its interpreter crashes XLA:CPU when a nested shard_map splits a second axis); context 8
+# gives odd slices of 5 (one call per layer, no zig-zag) and a window 3 slices deep.
+@pytest.mark.parametrize(
+    "backend, axes, calls", [("gpu", {"context": 4, "data": 2}, 4), ("tpu", {"context": 8}, 2)]
+)
+def test_pallas_model_over_the_context_axis_equals_the_unsplit_xla_model(
+    unsplit, backend, axes, calls
+):
+    want_logits, want_grads = unsplit
+    pallas = replace_checked(
+        CONFIG, attention_impl="pallas", kernel_backend=backend, kernel_interpret=True
+    )
+    (logits, grads), jaxpr = _logits_and_grads(pallas, sharding.make_mesh(axes))
+    # The kernels did run, in the window layer and in the cross layer.
+    name = "flash_attention_fwd" + ("_tpu" if backend == "tpu" else "")
+    assert jaxpr.count(f"name={name}") == calls
     _close(logits, want_logits)
     flat_want = jax.tree_util.tree_leaves_with_path(want_grads)
     flat_got = jax.tree_util.tree_leaves(grads)
