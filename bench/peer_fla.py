@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import peer_fla_report as report
+from bench.gpu_perf import Deadline
 
 ROOT = Path(__file__).resolve().parent.parent
 K = 1024
@@ -67,17 +68,6 @@ CASES = ("kernel_fwd", "check", "prefill", "decode", "train", "kernel_bwd")
 SIDES = {"ours": "bench.peer_fla_jax", "fla": "bench.peer_fla_torch"}
 OURS_SHARE = 0.5  # of the budget; fla gets the rest (its first calls autotune Triton kernels)
 GRACE_S = 30  # a side may finish its running case this long after its share
-
-
-class Deadline:
-    def __init__(self, seconds: float):
-        self.end = time.perf_counter() + seconds
-
-    def left(self) -> float:
-        return self.end - time.perf_counter()
-
-    def allows(self, estimate_s: float) -> bool:
-        return self.left() >= estimate_s
 
 
 def plan(sizes: dict, only=CASES) -> list[tuple[str, int]]:
