@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_context_parallel import _close, _logits_and_grads
 
 from yoco_jax import sharding
 from yoco_jax.config import get_config, replace_checked
 from yoco_jax.kernels import BlockSizes, flash_attention
-from yoco_jax.model import build_model
 from yoco_jax.ops.context_kernels import halves_kernel
 
 BLOCKS = BlockSizes(rows=16, keys=16, rows_bwd=16, keys_bwd=32)
@@ -111,39 +111,12 @@ def test_offsets_need_causal_attention():
 # self-decoder reaches back over 2 slices of 10 (and from mid-slice), and the cross-decoder's
 # zig-zag halves of 5 queries attend the gathered K/V. Attention heads: 4 over 2 kv heads, dim 16.
 CONFIG = get_config("yoco-swa-tiny", n_layers=2, chunk_size=4, dtype="float32")
-BATCH, LENGTH = 2, 40
-
-
-def _logits_and_grads(config, mesh):
-    """(logits, gradients of sum(logits * weights), the forward's jaxpr as text), parameters
-    sharded by the rules (as tests/test_context_parallel.py)."""
-    model = build_model(config)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)
-    weights = rng.normal(size=(BATCH, LENGTH, config.vocab_size)).astype(np.float32)
-    init = lambda: model.init(jax.random.key(0), tokens[:, :8])
-    with sharding.use_mesh(mesh):
-        boxed = jax.eval_shape(init)
-        params = jax.device_put(sharding.unbox(init()), sharding.logical_shardings(boxed, mesh))
-
-        def loss(params):
-            logits = model.apply(params, tokens)
-            return jnp.sum(logits * weights), logits
-
-        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-        jaxpr = str(jax.make_jaxpr(loss)(params))
-    return jax.device_get((logits, grads)), jaxpr
-
-
-def _close(got, want):
-    """float32 agreement to 1e-5 of each array's largest magnitude (as test_context_parallel)."""
-    scale = np.max(np.abs(want))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+BATCH = 2
 
 
 @pytest.fixture(scope="module")
 def unsplit():
-    return _logits_and_grads(CONFIG, sharding.make_mesh({}, devices=jax.devices()[:1]))[0]
+    return _logits_and_grads(CONFIG, sharding.make_mesh({}, devices=jax.devices()[:1]), BATCH)
 
 
 # GPU semantics with data 2 (the kernels' per-device shard_map also splits the batch); context 4
@@ -160,7 +133,7 @@ def test_pallas_model_over_the_context_axis_equals_the_unsplit_xla_model(
     pallas = replace_checked(
         CONFIG, attention_impl="pallas", kernel_backend=backend, kernel_interpret=True
     )
-    (logits, grads), jaxpr = _logits_and_grads(pallas, sharding.make_mesh(axes))
+    (logits, grads), jaxpr = _logits_and_grads(pallas, sharding.make_mesh(axes), BATCH, jaxpr=True)
     # The kernels did run, in the window layer and in the cross layer.
     name = "flash_attention_fwd" + ("_tpu" if backend == "tpu" else "")
     assert jaxpr.count(f"name={name}") == calls

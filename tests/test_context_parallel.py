@@ -26,17 +26,18 @@ CONFIGS = {
 BATCH, LENGTH = 4, 40
 
 
-def _inputs(config):
+def _inputs(config, batch=BATCH):
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.vocab_size, (BATCH, LENGTH)).astype(np.int32)
-    weights = rng.normal(size=(BATCH, LENGTH, config.vocab_size)).astype(np.float32)
+    tokens = rng.integers(0, config.vocab_size, (batch, LENGTH)).astype(np.int32)
+    weights = rng.normal(size=(batch, LENGTH, config.vocab_size)).astype(np.float32)
     return tokens, weights
 
 
-def _logits_and_grads(config, mesh):
-    """(logits, gradients of sum(logits * weights)) with parameters sharded by the rules."""
+def _logits_and_grads(config, mesh, batch=BATCH, jaxpr=False):
+    """(logits, gradients of sum(logits * weights)) with parameters sharded by the rules; with
+    `jaxpr`, also the forward's jaxpr as text (to count the kernels that ran)."""
     model = build_model(config)
-    tokens, weights = _inputs(config)
+    tokens, weights = _inputs(config, batch)
     init = lambda: model.init(jax.random.key(0), tokens[:, :8])
     with sharding.use_mesh(mesh):
         boxed = jax.eval_shape(init)
@@ -47,7 +48,9 @@ def _logits_and_grads(config, mesh):
             return jnp.sum(logits * weights), logits
 
         (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    return jax.device_get((logits, grads))
+        text = str(jax.make_jaxpr(loss)(params)) if jaxpr else None
+    out = jax.device_get((logits, grads))
+    return (out, text) if jaxpr else out
 
 
 @pytest.fixture(scope="module")
