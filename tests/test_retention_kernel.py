@@ -9,9 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import yoco_jax
+from yoco_jax.errors import ConfigError
 from yoco_jax.kernels.retention_gpu import retention_forward
-from yoco_jax.ops import retention
+from yoco_jax.model import init_cache
+from yoco_jax.ops import retention, retention_kernel
 
+KERNEL = {"backend": "gpu", "interpret": True}
 GATES = {"weak": (0.0, 0.05), "strong": (0.5, 3.0)}  # -log(gamma) per step
 
 
@@ -117,3 +121,82 @@ def test_kernel_lowers_for_cuda(dtype):
     args += (shape(1, 200, 3, dt=jnp.float32), shape(1, 3, 128, 96, dt=jnp.float32))
     lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
     assert "retention_fwd" in lowered.as_text()
+
+
+# Dispatch: the op's custom VJP and the model under retention_impl ----------------------------
+
+
+def test_pallas_impl_differentiates_like_xla():
+    """Forward by the kernel, backward by jax.vjp of the XLA form: gradients of every input."""
+    q, k, v, g, s0 = inputs(45, "strong", seed=8, dk=16, dv=24)
+    cot_out, cot_state = jax.random.normal(jax.random.key(9), v.shape), jnp.ones_like(s0)
+
+    def grads(impl):
+        def loss(*args):
+            out, state = retention_kernel.chunkwise(*args[:4], 16, args[4], impl=impl, **KERNEL)
+            return jnp.sum(out * cot_out) + jnp.sum(state * cot_state)
+
+        return jax.jit(jax.grad(loss, argnums=range(5)))(q, k, v, g, s0)
+
+    for got, want in zip(grads("pallas"), grads("xla")):
+        assert rel(got, want) < 1e-5
+
+
+def test_pallas_impl_refuses_tpu_and_compiled_cpu():
+    q, k, v, g, _ = inputs(8)
+    with pytest.raises(ValueError, match="GPU .Triton. kernel only"):
+        retention_kernel.chunkwise(q, k, v, g, 4, impl="pallas", backend="tpu")
+    with pytest.raises(ValueError, match="kernel_interpret=false needs a GPU"):
+        retention_kernel.chunkwise(q, k, v, g, 4, impl="pallas", interpret=False)
+    with pytest.raises(ConfigError, match="retention_impl='triton' is not valid"):
+        yoco_jax.get_config("yoco-tiny", retention_impl="triton")
+
+
+def model_outputs(model, tokens, n_new):
+    """Logits of the full forward, gradients, and a two-piece prefill (mixed lengths in the
+    first piece; the second continues from the retention state): logits and caches."""
+    apply = lambda params, *a, **kw: model.module.apply({"params": params}, *a, **kw)
+    logits = jax.jit(lambda p: apply(p, tokens))(model.params)
+    grads = jax.jit(jax.grad(lambda p: (apply(p, tokens) ** 2).mean()))(model.params)
+    extend = jax.jit(lambda p, t, c, n: apply(p, t, c, n, method="extend"))
+    cache = init_cache(model.config, tokens.shape[0], 32)
+    first, cache = extend(model.params, tokens[:, :11], cache, n_new)
+    second, cache = extend(model.params, tokens[:, 11:], cache, None)
+    return [logits, first, second, *jax.tree.leaves(cache)], jax.tree.leaves(grads)
+
+
+@pytest.fixture(scope="module")
+def xla_model():
+    cfg = yoco_jax.get_config("yoco-tiny", n_layers=2, chunk_size=4, dtype="float32")
+    model = yoco_jax.init(cfg, seed=3)
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 19)))
+    n_new = jnp.asarray([11, 6])
+    return model, tokens, n_new, model_outputs(model, tokens, n_new)
+
+
+def test_model_with_the_pallas_retention_matches_xla(xla_model):
+    model, tokens, n_new, (expected, expected_grads) = xla_model
+    pallas = model.replace(retention_impl="pallas", kernel_backend="gpu", kernel_interpret=True)
+    got, grads = model_outputs(pallas, tokens, n_new)
+    jaxpr = str(jax.make_jaxpr(lambda p: pallas.module.apply({"params": p}, tokens))(pallas.params))
+    assert jaxpr.count("name=retention_fwd") == 1  # the kernel did run (one retention layer)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert rel(a, b) < 1e-5
+    for a, b in zip(grads, expected_grads):
+        assert rel(a, b) < 1e-4
+
+
+def test_model_with_the_pallas_retention_under_a_mesh(xla_model):
+    """data x tensor: the kernel runs per device in shard_map (batch and heads split)."""
+    from yoco_jax import sharding
+
+    model, tokens, n_new, (expected, _) = xla_model
+    pallas = model.replace(retention_impl="pallas", kernel_backend="gpu", kernel_interpret=True)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 2}, jax.devices()[:4])
+    with sharding.use_mesh(mesh):
+        apply = lambda p, t: pallas.module.apply({"params": p}, t)
+        logits = jax.jit(apply)(pallas.params, tokens)
+        jaxpr = str(jax.make_jaxpr(apply)(pallas.params, tokens))
+    assert "shard_map" in jaxpr and "name=retention_fwd" in jaxpr
+    assert rel(logits, expected[0]) < 1e-5

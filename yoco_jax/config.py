@@ -105,6 +105,8 @@ class Runtime:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     attention_impl: str = "auto"  # auto: pallas on GPU/TPU, xla on CPU (ops/attention_choice.py)
+    # pallas: the Triton retention kernel forward (XLA backward); xla until measured on a GPU
+    retention_impl: str = "xla"
     remat: str = "none"  # per-layer rematerialization policy
     kernel_backend: str | None = None  # Pallas family: gpu (Triton), tpu (Mosaic); null: device's
     kernel_interpret: bool | None = None  # Pallas interpret mode; null: unless on that device
@@ -120,6 +122,7 @@ class Runtime:
             "dtype": ("float32", "bfloat16", "float16"),
             "param_dtype": ("float32", "bfloat16"),
             "attention_impl": ("auto", "xla", "pallas"),
+            "retention_impl": ("xla", "pallas"),
             "remat": ("none", "full", "dots", "dots_with_no_batch_dims", "save_mixer_out",
                       "save_qkv_and_mixer_out", "save_all_named"),
             "kernel_backend": (None, "gpu", "tpu"),

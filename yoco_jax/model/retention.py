@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
@@ -10,8 +12,8 @@ from jaxtyping import Array, Bool, Float, Int
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import RetentionState
 from yoco_jax.model.layers import Linear, RMSNorm, project_qkv, xavier_uniform
-from yoco_jax.ops import context_parallel
-from yoco_jax.ops.retention import chunkwise_retention, recurrent_retention
+from yoco_jax.ops import context_parallel, retention_kernel
+from yoco_jax.ops.retention import recurrent_retention
 
 GATE_LOGIT_NORMALIZER = 16  # gamma = sigmoid(x W)^(1/16)
 
@@ -45,17 +47,21 @@ class GatedRetention(nn.Module):
             k = jnp.where(valid[..., None, None], k, 0)
             log_gate = jnp.where(valid[..., None], log_gate, 0.0)
 
+        # XLA or the Pallas kernel (retention_impl), forward and backward (ops/retention_kernel.py)
+        chunkwise = functools.partial(
+            retention_kernel.chunkwise, impl=cfg.retention_impl, **cfg.kernel_options
+        )
         if cache is None and context_parallel.context_size() > 1:  # sequence split over devices
             o, new_cache = context_parallel.retention(q, k, v, log_gate, cfg.chunk_size), None
         elif cache is None:
-            o, _ = chunkwise_retention(q, k, v, log_gate, cfg.chunk_size)
+            o, _ = chunkwise(q, k, v, log_gate, cfg.chunk_size)
             new_cache = None
         elif t == 1:
             o, state = recurrent_retention(q[:, 0], k[:, 0], v[:, 0], log_gate[:, 0], cache.state)
             o, new_cache = o[:, None], RetentionState(state)
         else:  # a prompt chunk; split over devices under a context mesh
             split = context_parallel.context_size() > 1
-            form = context_parallel.retention if split else chunkwise_retention
+            form = context_parallel.retention if split else chunkwise
             o, state = form(q, k, v, log_gate, cfg.chunk_size, cache.state)
             new_cache = RetentionState(state)
 

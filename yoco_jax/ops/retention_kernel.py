@@ -1,0 +1,97 @@
+"""Chunkwise gated retention by XLA or by the Pallas kernel: what `retention_impl` selects.
+
+`impl="xla"` is ops/retention.py's `chunkwise_retention`. `impl="pallas"` runs the Triton
+kernel forward (kernels/retention_gpu.py) under a custom VJP whose backward is `jax.vjp` of
+the XLA chunkwise form (recomputing its forward): the model stays differentiable with either
+setting, but a training step under "pallas" pays the kernel forward on top of XLA's, so the
+kernel is meant for prefill and training keeps "xla". The kernel uses its own chunk (64 tokens,
+its tile); `chunk_size` is the XLA form's, used by the backward.
+
+Only a GPU kernel exists: backend "tpu" raises (a Mosaic TPU kernel is not written), and off a
+GPU the kernel runs interpreted (`interpret` None or True; False raises). Under a mesh the
+kernel runs per device in shard_map, batch and heads split as `activation_batch` and
+`activation_heads` place them (replicated where they do not divide).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from yoco_jax.kernels.common import resolve_backend
+from yoco_jax.kernels.retention_gpu import retention_forward
+from yoco_jax.ops.attention import _where_divides
+from yoco_jax.ops.retention import chunkwise_retention
+
+IMPLS = ("xla", "pallas")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _kernel_retention(q, k, v, log_gate, state, chunk_size, interpret):
+    return retention_forward(q, k, v, log_gate, state, interpret=interpret)
+
+
+def _kernel_retention_fwd(q, k, v, log_gate, state, chunk_size, interpret):
+    outputs = _kernel_retention(q, k, v, log_gate, state, chunk_size, interpret)
+    return outputs, (q, k, v, log_gate, state)
+
+
+def _kernel_retention_bwd(chunk_size, interpret, residuals, cotangents):
+    xla = lambda q, k, v, g, s: chunkwise_retention(q, k, v, g, chunk_size, s)
+    return jax.vjp(xla, *residuals)[1](cotangents)
+
+
+_kernel_retention.defvjp(_kernel_retention_fwd, _kernel_retention_bwd)
+
+
+def _per_device(kernel, q, k, v, log_gate, state):
+    """`kernel` on each device's batch and heads under the context mesh (a pallas_call cannot
+    be partitioned by XLA); plain call without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v, log_gate, state)
+    batch, heads = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
+    batch = _where_divides(mesh, batch, q.shape[0])
+    heads = _where_divides(mesh, heads, q.shape[2])
+    seq, gates, states = P(batch, None, heads, None), P(batch, None, heads), P(batch, heads)
+    specs = dict(in_specs=(seq, seq, seq, gates, states), out_specs=(seq, states))
+    return jax.shard_map(kernel, **specs, check_vma=False)(q, k, v, log_gate, state)
+
+
+def chunkwise(
+    q,
+    k,
+    v,
+    log_gate,
+    chunk_size: int,
+    state=None,
+    *,
+    impl: str = "xla",
+    backend: str | None = None,
+    interpret: bool | None = None,
+):
+    """`chunkwise_retention`'s signature and result (out `[B, T, H, Dv]`, final state `[B, H,
+    Dk, Dv]` float32) by `impl`; `backend`, `interpret`: ModelConfig.kernel_options."""
+    if impl not in IMPLS:
+        raise ValueError(f"retention impl must be one of {IMPLS}, got {impl!r}.")
+    if impl == "xla":
+        return chunkwise_retention(q, k, v, log_gate, chunk_size, state)
+    if resolve_backend(backend) != "gpu":
+        raise ValueError(
+            "retention_impl=pallas has a GPU (Triton) kernel only: set retention_impl=xla on TPU "
+            "(or kernel_backend=gpu kernel_interpret=true to interpret the GPU kernel)."
+        )
+    if interpret is False and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"retention_impl=pallas with kernel_interpret=false needs a GPU (the default device "
+            f"is {jax.default_backend()}): unset kernel_interpret or set retention_impl=xla."
+        )
+    b, _, h, dk = q.shape
+    if state is None:
+        state = jnp.zeros((b, h, dk, v.shape[-1]), jnp.float32)
+    kernel = lambda *args: _kernel_retention(*args, chunk_size, interpret)
+    return _per_device(kernel, q, k, v, log_gate, state.astype(jnp.float32))
