@@ -15,6 +15,8 @@ Cases in priority order (bench/gpu_perf_cases.py):
   mosaic) JAX's Mosaic GPU flash attention vs cuDNN and ours (bench/gpu_perf_mosaic.py);
   train) the yoco-1.4b train step, one lever at a time from a baseline: attention path, remat
      policy, batch x length, scan over layers, loss chunk (bench/gpu_perf_train.py).
+  retention) the Pallas retention kernel forward vs XLA's chunkwise form at 32K/128K, and the
+     yoco-3b-1m 1M prefill with retention_impl=pallas (bench/gpu_perf_retention.py).
 Each group runs in its own process (its device peak is its own; a crash or out-of-memory kill
 loses only that group), prints rows as they come and saves them at once. A case whose estimate
 would pass the budget is skipped; a group still running at the budget is killed. Results go to
@@ -39,6 +41,7 @@ GROUPS = {
     "transformer": "bench.gpu_perf_cases:transformer_prefill",
     "yoco": "bench.gpu_perf_cases:yoco_prefill",
     "train": "bench.gpu_perf_train:train_levers",
+    "retention": "bench.gpu_perf_retention:retention",
 }
 ORDER = tuple(GROUPS)
 CAP_S = {"attention": 100, "mosaic": 70, "transformer": 100}  # a hung group cannot eat the rest

@@ -117,8 +117,8 @@ def test_kernel_lowers_for_cuda(dtype):
     """Triton lowering on CPU (no GPU needed): block shapes, dots and loads are accepted."""
     shape = lambda *s, dt=dtype: jax.ShapeDtypeStruct(s, dt)
     fn = lambda *args: retention_forward(*args, interpret=False)
-    args = (shape(1, 200, 3, 128), shape(1, 200, 3, 128), shape(1, 200, 3, 96))
-    args += (shape(1, 200, 3, dt=jnp.float32), shape(1, 3, 128, 96, dt=jnp.float32))
+    args = (shape(1, 300, 3, 128), shape(1, 300, 3, 128), shape(1, 300, 3, 96))
+    args += (shape(1, 300, 3, dt=jnp.float32), shape(1, 3, 128, 96, dt=jnp.float32))
     lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
     assert "retention_fwd" in lowered.as_text()
 
