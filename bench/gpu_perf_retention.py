@@ -5,8 +5,8 @@
 - forward of gated retention at 32K and 128K tokens (batch 1, 24 heads, head dim 128/128, bf16
   q/k/v, float32 gates log_sigmoid(x) / 16 as the model makes them): our XLA
   `chunkwise_retention` (chunks of 256, the model's) and the Triton kernel
-  (kernels/retention_gpu.py) at a few (chunk C, value block BV) tiles; ms, tokens/s and the
-  kernel's relative max error against XLA (output and final state). fla's Triton
+  (kernels/retention_gpu.py) at a few tiles (chunk C, value block BV, Triton warps); ms,
+  tokens/s and the kernel's relative max error against XLA (output and final state). fla's Triton
   `chunk_simple_gla` took 1.20 ms at 32K on an H100 (bench/peer_fla.py), our XLA form 4.26 ms;
 - yoco-3b-1m prefill of 1M tokens in chunks of 16384 with `retention_impl=pallas` (random bf16
   weights; the `yoco` group gives the same prefill with the XLA retention).
@@ -25,11 +25,12 @@ from yoco_jax.ops.retention import chunkwise_retention
 
 FULL = {
     "heads": 24, "head_dim": 128, "lengths": [32768, 131072], "xla_chunk": 256,
-    "tiles": [(64, 64), (64, 32), (32, 64)], "model": "yoco-3b-1m", "prefill": (1048576, 16384),
+    "tiles": [(64, 64, 4), (64, 64, 8), (64, 32, 4), (32, 32, 4), (64, 16, 4)],
+    "model": "yoco-3b-1m", "prefill": (1048576, 16384),
 }  # fmt: skip
 SMOKE = {
     "heads": 3, "head_dim": 32, "lengths": [200], "xla_chunk": 64,
-    "tiles": [(16, 16), (32, 32)], "model": "yoco-tiny", "prefill": (256, 64),
+    "tiles": [(16, 16, 4), (32, 32, 8)], "model": "yoco-tiny", "prefill": (256, 64),
 }  # fmt: skip
 
 
@@ -70,13 +71,14 @@ def retention(cfg, deadline, smoke):
             continue
         yield _attempt(row, _forward_row, xla, args, length, None)
         reference = jax.jit(xla)(*args)
-        for chunk, block_v in sizes["tiles"]:
-            row = {"case": "retention fwd", "T": length, "impl": f"pallas C{chunk} BV{block_v}"}
+        for chunk, block_v, warps in sizes["tiles"]:
+            impl = f"pallas C{chunk} BV{block_v} w{warps}"
+            row = {"case": "retention fwd", "T": length, "impl": impl}
             if not deadline.allows(3 if smoke else 8 + length / 32768):
                 yield {**row, "skipped": "time budget"}
                 continue
-            kernel = lambda q, k, v, g, c=chunk, bv=block_v: retention_forward(
-                q, k, v, g, chunk_size=c, block_v=bv
+            kernel = lambda q, k, v, g, c=chunk, bv=block_v, w=warps: retention_forward(
+                q, k, v, g, chunk_size=c, block_v=bv, num_warps=w
             )
             yield _attempt(row, _forward_row, kernel, args, length, reference)
         del args, reference

@@ -92,6 +92,7 @@ def retention_forward(
     *,
     chunk_size: int = DEFAULT_CHUNK,
     block_v: int = DEFAULT_BLOCK_V,
+    num_warps: int = 4,
     interpret=None,
 ):
     """Gated retention forward by the Triton kernel (see the module docstring).
@@ -99,7 +100,9 @@ def retention_forward(
     q, k `[B, T, H, Dk]`, v `[B, T, H, Dv]` (one dtype), log_gate `[B, T, H]` (<= 0), state
     `[B, H, Dk, Dv]` float32 or None (zeros). Returns (out `[B, T, H, Dv]` in v's dtype, the
     final state `[B, H, Dk, Dv]` float32). chunk_size C and block_v BV are rounded down to
-    powers of two >= 16 that fit the shapes; interpret: None interprets unless on a GPU.
+    powers of two >= 16 that fit the shapes; num_warps: Triton's (4: the state slice `[Dk, BV]`
+    f32 plus a chunk's tiles fit the registers at Dk 128, BV 64); interpret: None interprets
+    unless on a GPU.
     """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -139,7 +142,7 @@ def retention_forward(
             jax.ShapeDtypeStruct(v.shape, v.dtype),
             jax.ShapeDtypeStruct(state.shape, jnp.float32),
         ],
-        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
         interpret=resolve_interpret(interpret, "gpu"),
         name="retention_fwd",
     )(q, k, v, cum, state)
