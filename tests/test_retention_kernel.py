@@ -16,6 +16,8 @@ from yoco_jax.model import init_cache
 from yoco_jax.ops import retention, retention_kernel
 
 KERNEL = {"backend": "gpu", "interpret": True}
+# Jitted once per shape: eager mode would compile every primitive separately.
+xla_chunkwise = jax.jit(retention.chunkwise_retention, static_argnums=4)
 GATES = {"weak": (0.0, 0.05), "strong": (0.5, 3.0)}  # -log(gamma) per step
 
 
@@ -73,7 +75,7 @@ def test_kernel_equals_the_definition_and_xla_in_float32(t, chunk, gates, dk, dv
     out, state = kernel(q, k, v, g, s0, chunk, block_v)
     want_out, want_state = token_by_token(q, k, v, g, s0)
     assert rel(out, want_out) < 1e-5 and rel(state, want_state) < 1e-5
-    xla_out, xla_state = retention.chunkwise_retention(q, k, v, g, chunk, s0)
+    xla_out, xla_state = xla_chunkwise(q, k, v, g, chunk, s0)
     assert rel(out, xla_out) < 1e-5 and rel(state, xla_state) < 1e-5
     assert out.dtype == jnp.float32 and state.dtype == jnp.float32
 
@@ -81,7 +83,7 @@ def test_kernel_equals_the_definition_and_xla_in_float32(t, chunk, gates, dk, dv
 def test_kernel_without_a_state_equals_the_parallel_form():
     q, k, v, g, _ = inputs(45, "weak", seed=5)
     out, state = kernel(q, k, v, g, None, 16)
-    assert rel(out, retention.parallel_retention(q, k, v, g)) < 1e-5
+    assert rel(out, jax.jit(retention.parallel_retention)(q, k, v, g)) < 1e-5
     assert rel(state, token_by_token(q, k, v, g, jnp.zeros_like(state))[1]) < 1e-5
 
 
@@ -89,7 +91,7 @@ def test_kernel_in_bfloat16_matches_xla_within_its_rounding():
     """bfloat16 operands (decayed scores, decayed keys, the state read by q) vs XLA's float32."""
     q, k, v, g, s0 = inputs(45, "weak", seed=6, dk=16, dv=32, dtype=jnp.bfloat16)
     out, state = kernel(q, k, v, g, s0, 16)
-    xla_out, xla_state = retention.chunkwise_retention(q, k, v, g, 16, s0)
+    xla_out, xla_state = xla_chunkwise(q, k, v, g, 16, s0)
     assert out.dtype == jnp.bfloat16 and state.dtype == jnp.float32
     assert rel(out, xla_out) < 1e-2 and rel(state, xla_state) < 5e-3
 
