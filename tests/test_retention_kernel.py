@@ -65,7 +65,7 @@ def rel(a, b):
     "t, chunk, gates, dk, dv, block_v",
     [
         (45, 16, "strong", 8, 6, 64),  # T not a multiple of C; Dk, Dv padded to 16
-        (45, 16, "weak", 16, 40, 16),  # three programs over the value columns (40 -> 48 -> 64)
+        (45, 16, "weak", 16, 40, 16),  # Dv 40 padded to 64: four programs of 16 columns
         (7, 64, "weak", 32, 16, 64),  # T < C: one short chunk
         (64, 16, "strong", 16, 16, 16),  # T a multiple of C, no padding at all
     ],
