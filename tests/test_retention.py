@@ -52,6 +52,29 @@ def test_forms_agree_forward(t, chunk, gates):
     np.testing.assert_allclose(state, rec_state, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("group_tokens", [0, 12, 16, 1 << 20])  # 1, 3, 4 (padded), all chunks
+def test_chunk_groups_agree_with_the_recurrence(group_tokens):
+    """The accelerators batch chunks in groups (CPU runs one chunk per group): any grouping, with
+    a state coming in and T that fills neither chunks nor groups, gives the same outputs, final
+    state and gradients."""
+    q, k, v, g = inputs(45, "weak", seed=4)
+    s0 = jax.random.normal(jax.random.key(5), (2, 3, 8, 6))
+    run = jax.jit(lambda *a: retention.chunkwise_retention(*a, 4, s0, group_tokens))
+    out, state = run(q, k, v, g)
+    rec, rec_state = recurrent_loop(q, k, v, g)
+    decay = jnp.exp(jnp.cumsum(g, axis=1))  # s0's contribution, carried by the gates
+    want = rec + jnp.einsum("bthk,bhkv->bthv", q * decay[..., None], s0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    want_state = rec_state + jnp.exp(jnp.sum(g, axis=1))[..., None, None] * s0
+    np.testing.assert_allclose(state, want_state, rtol=1e-5, atol=1e-5)
+    w = jax.random.normal(jax.random.key(9), v.shape)
+    grads = jax.grad(lambda *a: jnp.sum(run(*a)[0] * w), argnums=(0, 1, 2, 3))(q, k, v, g)
+    one = jax.jit(lambda *a: retention.chunkwise_retention(*a, 4, s0, 0))
+    want_grads = jax.grad(lambda *a: jnp.sum(one(*a)[0] * w), argnums=(0, 1, 2, 3))(q, k, v, g)
+    for a, b in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_chunkwise_continues_from_a_state():
     """Prefill in two pieces (carrying the state) equals one pass: chunked prefill relies on it."""
     q, k, v, g = inputs(23, "strong", seed=3)

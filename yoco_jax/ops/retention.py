@@ -6,8 +6,8 @@ With per-head log gates a_t = log(gamma_t) <= 0 and keys scaled by d_k ** -0.5:
     o_t = q_t S_t
 
 - `parallel_retention`: O(T^2) masked form, the obviously-right reference.
-- `chunkwise_retention`: chunks in parallel (batched matmuls), states carried across chunks by
-  an associative scan; linear in T.
+- `chunkwise_retention`: chunks batched in groups (an associative scan of states inside a
+  group, a `lax.scan` across groups); linear in T, memory bounded by a group.
 - `recurrent_retention`: one token at a time (decode).
 
 Decay sums, states and the key scale are float32 whatever the input dtype (q k^T is a product
@@ -23,6 +23,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 f32 = jnp.float32
+# Tokens whose chunks are batched together (see chunkwise_retention), per platform: on CPU one
+# chunk at a time (cache-resident); on GPU a whole 16384-token prefill step is one batch.
+GROUP_TOKENS = {"cpu": 0}
+DEFAULT_GROUP_TOKENS = 16384
 
 
 def _dot(spec: str, a, b):
@@ -68,34 +72,17 @@ def _carry_states(
     return jax.lax.associative_scan(combine, (decays, states), axis=1)[1]
 
 
-def chunkwise_retention(
-    q: Float[Array, "B T H Dk"],
-    k: Float[Array, "B T H Dk"],
-    v: Float[Array, "B T H Dv"],
-    log_gate: Float[Array, "B T H"],
-    chunk_size: int,
-    state: Float[Array, "B H Dk Dv"] | None = None,
-) -> tuple[Float[Array, "B T H Dv"], Float[Array, "B H Dk Dv"]]:
-    """Chunkwise-parallel form for any T; returns the outputs and the final state.
-
-    Every chunk's inner (masked, decayed) attention and its own state k^T v are batched
-    matmuls over all chunks at once; the states are then carried across chunks by
-    `_carry_states`, and each chunk adds q S of the state before it. T is padded up to a
-    multiple of `chunk_size` with zero keys and zero log gates, which leave the state unchanged,
-    so the returned state is the state after the last real token.
-    """
-    b, t, h, dk = q.shape
-    dv = v.shape[-1]
-    if state is None:
-        state = jnp.zeros((b, h, dk, dv), f32)
-    c = min(chunk_size, t)
-    pad = -t % c
-    if pad:
-        widths = [(0, 0), (0, pad)]
-        q, k, v = (jnp.pad(x, widths + [(0, 0), (0, 0)]) for x in (q, k, v))
-        log_gate = jnp.pad(log_gate, widths + [(0, 0)])
-    n = (t + pad) // c
-    q, k, v, log_gate = (x.reshape(b, n, c, *x.shape[2:]) for x in (q, k, v, log_gate))
+def _chunk_group(
+    state: Float[Array, "B H Dk Dv"],
+    q: Float[Array, "B N C H Dk"],
+    k: Float[Array, "B N C H Dk"],
+    v: Float[Array, "B N C H Dv"],
+    log_gate: Float[Array, "B N C H"],
+) -> tuple[Float[Array, "B H Dk Dv"], Float[Array, "B N C H Dv"]]:
+    """N consecutive chunks of C tokens after `state`: each chunk's inner (masked, decayed)
+    attention and its own state k^T v are batched matmuls over the N chunks; the states are
+    carried across them by `_carry_states`, and each chunk adds q S of the state before it."""
+    c, dk = q.shape[2], q.shape[-1]
     scale = dk**-0.5  # applied in float32: a bfloat16 k * scale would round
     cum = jnp.cumsum(log_gate.astype(f32), axis=2)  # [B, N, C, H]
     total = cum[:, :, -1]  # [B, N, H]: log decay across each chunk
@@ -106,10 +93,57 @@ def chunkwise_retention(
     out = _dot("bnhij,bnjhd->bnihd", inner, v)
     to_end = jnp.exp(total[:, :, None] - cum)[..., None]  # decay from each position to its end
     local = _dot("bnjhk,bnjhv->bnhkv", k.astype(f32) * scale, v.astype(f32) * to_end)
-    states = _carry_states(state.astype(f32), jnp.exp(total), local)  # [B, N+1, H, Dk, Dv]
+    states = _carry_states(state, jnp.exp(total), local)  # [B, N+1, H, Dk, Dv]
     out += _dot("bnihk,bnhkv->bnihv", q.astype(f32) * jnp.exp(cum)[..., None], states[:, :-1])
-    out = out.reshape(b, n * c, h, dv)[:, :t]
-    return out.astype(v.dtype), states[:, -1]
+    return states[:, -1], out
+
+
+def chunkwise_retention(
+    q: Float[Array, "B T H Dk"],
+    k: Float[Array, "B T H Dk"],
+    v: Float[Array, "B T H Dv"],
+    log_gate: Float[Array, "B T H"],
+    chunk_size: int,
+    state: Float[Array, "B H Dk Dv"] | None = None,
+    group_tokens: int | None = None,
+) -> tuple[Float[Array, "B T H Dv"], Float[Array, "B H Dk Dv"]]:
+    """Chunkwise-parallel form for any T; returns the outputs and the final state.
+
+    The chunks go in groups of about `group_tokens` tokens (default: GROUP_TOKENS for the
+    platform): batched within a group (`_chunk_group`), a `lax.scan` from group to group
+    carrying the state. The matmuls are large while the working set stays bounded. Measured:
+    on an H100, batching each 16384-token prefill step took the 1M-token yoco-3b-1m prefill
+    from 9.1 to 8.5 s against a scan of single chunks; on CPU, batching ran 1.1-1.6x slower
+    than single chunks at 16K-32K tokens (groups of 512 to all), so CPU groups are one chunk.
+    T is padded up to whole chunks with zero keys and zero log gates, which leave the state
+    unchanged, so the returned state is the state after the last real token.
+    """
+    b, t, h, dk = q.shape
+    dv = v.shape[-1]
+    state = jnp.zeros((b, h, dk, dv), f32) if state is None else state.astype(f32)
+    c = min(chunk_size, t)
+    if group_tokens is None:
+        group_tokens = GROUP_TOKENS.get(jax.default_backend(), DEFAULT_GROUP_TOKENS)
+    n = -(-t // c)
+    groups = -(-n // max(1, group_tokens // c))  # group_tokens < c: one chunk per group
+    per_group = -(-n // groups)  # chunks per group, as even as the count allows
+    pad = groups * per_group * c - t
+    if pad:
+        widths = [(0, 0), (0, pad)]
+        q, k, v = (jnp.pad(x, widths + [(0, 0), (0, 0)]) for x in (q, k, v))
+        log_gate = jnp.pad(log_gate, widths + [(0, 0)])
+
+    def split(x):  # [B, groups*N*C, ...] -> [groups, B, N, C, ...]
+        return jnp.moveaxis(x.reshape(b, groups, per_group, c, *x.shape[2:]), 1, 0)
+
+    xs = tuple(map(split, (q, k, v, log_gate)))
+    if groups == 1:
+        state, out = _chunk_group(state, *(x[0] for x in xs))
+        out = out[None]
+    else:
+        state, out = jax.lax.scan(lambda s, x: _chunk_group(s, *x), state, xs)
+    out = jnp.moveaxis(out, 0, 1).reshape(b, groups * per_group * c, h, dv)[:, :t]
+    return out.astype(v.dtype), state
 
 
 def recurrent_retention(
