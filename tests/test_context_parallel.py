@@ -60,6 +60,19 @@ def unsplit():
     return {name: _logits_and_grads(config, one) for name, config in CONFIGS.items()}
 
 
+def _same_model(got, want):
+    """(logits, gradients) against the unsplit model's: every parameter has a gradient, and
+    each array agrees as `_close` says."""
+    (logits, grads), (want_logits, want_grads) = got, want
+    _close(logits, want_logits)
+    flat_want = jax.tree_util.tree_leaves_with_path(want_grads)
+    flat_got = jax.tree_util.tree_leaves(grads)
+    assert len(flat_got) == len(flat_want) > 20
+    for (path, want), got in zip(flat_want, flat_got, strict=True):
+        assert np.max(np.abs(want)) > 0, jax.tree_util.keystr(path)  # every parameter is used
+        _close(got, want)
+
+
 def _close(got, want):
     """float32 agreement to 1e-5 of each array's largest magnitude."""
     scale = np.max(np.abs(want))
@@ -78,13 +91,7 @@ def _close(got, want):
 def test_logits_and_every_gradient_equal_the_unsplit_model(unsplit, mixer, axes):
     want_logits, want_grads = unsplit[mixer]
     logits, grads = _logits_and_grads(CONFIGS[mixer], sharding.make_mesh(axes))
-    _close(logits, want_logits)
-    flat_want = jax.tree_util.tree_leaves_with_path(want_grads)
-    flat_got = jax.tree_util.tree_leaves(grads)
-    assert len(flat_got) == len(flat_want) > 20
-    for (path, want), got in zip(flat_want, flat_got):
-        assert np.max(np.abs(want)) > 0, jax.tree_util.keystr(path)  # every parameter is used
-        _close(got, want)
+    _same_model((logits, grads), (want_logits, want_grads))
 
 
 def test_bfloat16_gradients_under_context_reduce_in_float32(unsplit):
