@@ -23,6 +23,16 @@ comparison is measured side by side in one run and given as a ratio (Transformer
 and memory, YOCO / Transformer for throughput), with the paper's figure (3B, H100-80GB) beside
 it.
 
+Still to measure on a GPU (each command fits one device call; nothing below is guessed):
+- `python -m bench.gpu_perf --out $OUT --groups retention --budget-s 300`: the Pallas retention
+  kernel (`retention_impl=pallas`) against the XLA chunkwise form, and the 1M prefill with it;
+- `python -m bench.gpu_perf --out $OUT --groups train --budget-s 300` with unrolled layers as the
+  base (`YOCO_PERF_TRAIN=scan_layers=false`): the remat, batch and loss-chunk levers on top;
+- `python3 -m bench.peer_fla --out $OUT/peer --budget-s 330` (wheels in `.whl/`): the model-level
+  peer (prefill, decode, train step) against flash-linear-attention's YOCO;
+- `PYTHONPATH=. python bench/context_kernels_check.py`: its bf16 cases;
+- `python -m bench.suite --device gpu --budget-s 330`: the suite with the batched retention.
+
 How to read the columns:
 - **% of floor**: the time the work needs at this machine's rates, measured in the same run
   (an n x n matmul for FLOP/s; for bytes/s the faster of `x + 1` and a sum over a large array),
