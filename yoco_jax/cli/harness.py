@@ -11,6 +11,7 @@ from pathlib import Path
 
 from yoco_jax.cli.common import one_line_warnings, reported
 from yoco_jax.eval.harness import check_limit, evaluate, import_lm_eval, task_manager, write_results
+from yoco_jax.inference.plan import PREFILL_CHUNK_HELP
 
 
 def _limit(text: str) -> float:
@@ -31,7 +32,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output_path", help="folder for results.json (and samples)")
     parser.add_argument("--log_samples", action="store_true", help="also write every sample")
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    parser.add_argument("--prefill_chunk", type=int, default=4096)
+    parser.add_argument("--prefill_chunk", type=int, default=None, help=PREFILL_CHUNK_HELP)
     parser.add_argument("--max_gen_toks", type=int, default=256)
     parser.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
     parser.add_argument("--seed", type=int, default=0)

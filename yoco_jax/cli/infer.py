@@ -35,7 +35,7 @@ from yoco_jax.config import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference import placement
 from yoco_jax.inference.generate import generate
-from yoco_jax.inference.plan import Buckets, default_prefill_chunk, plan
+from yoco_jax.inference.plan import PREFILL_CHUNK_HELP, Buckets, default_prefill_chunk, plan
 
 OUTPUT_KEYS = ("completion", "completion_tokens", "finish_reason")
 
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         "--prefill-chunk",
         type=_positive_int,
         default=None,
-        help="tokens per prefill step (default: 16384 on GPU, 4096 elsewhere)",
+        help=PREFILL_CHUNK_HELP,
     )
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to text prompts")

@@ -25,6 +25,7 @@ from yoco_jax.eval.needle import (
     plot_heatmap,
     plot_needles,
 )
+from yoco_jax.inference.plan import PREFILL_CHUNK_HELP
 
 
 def _read_haystack(paths: Sequence[str]) -> list[str]:
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--haystack", nargs="*", default=None, help="text files or folders")
     parser.add_argument("--max-new-tokens", type=int, default=20)
-    parser.add_argument("--prefill-chunk", type=int, default=4096)
+    parser.add_argument("--prefill-chunk", type=int, default=None, help=PREFILL_CHUNK_HELP)
     parser.add_argument("--out", default="needle", help="writes <out>.json and <out>.png")
     args = parser.parse_args(argv)
     one_line_warnings(parser.prog)

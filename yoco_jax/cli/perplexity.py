@@ -16,6 +16,7 @@ from yoco_jax.data.corpus import iter_texts
 from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError
 from yoco_jax.eval.perplexity import nll_by_position, plot, positions, sequences
+from yoco_jax.inference.plan import PREFILL_CHUNK_HELP
 
 
 def _label(path: str, model) -> str:
@@ -35,7 +36,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--first", type=int, default=1024, help="the first reported position")
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--prefill-chunk", type=int, default=4096)
+    parser.add_argument("--prefill-chunk", type=int, default=None, help=PREFILL_CHUNK_HELP)
     parser.add_argument("--out", default="perplexity", help="writes <out>.json and <out>.png")
     args = parser.parse_args(argv)
     one_line_warnings(parser.prog)

@@ -59,8 +59,9 @@ def positions(max_length: int, first: int = 1024) -> list[int]:
 
 
 def nll_by_position(model, rows: Sequence[Sequence[int]], points: Sequence[int], *,
-                    batch_size: int = 1, chunk_size: int = 4096) -> list[float]:  # fmt: skip
-    """Mean over rows of the average NLL (nats) of tokens 1..P of each row, for each P."""
+                    batch_size: int = 1, chunk_size: int | None = None) -> list[float]:  # fmt: skip
+    """Mean over rows of the average NLL (nats) of tokens 1..P of each row, for each P
+    (`chunk_size`: the prefill chunk, default the platform's)."""
     scored = score_rows(model, rows, batch_size=batch_size, chunk_size=chunk_size)
     nll = -np.stack([logp for logp, _ in scored]).astype(np.float64)  # [rows, N]
     cumulative = np.cumsum(nll, axis=1) / np.arange(1, nll.shape[1] + 1)

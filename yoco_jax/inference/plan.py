@@ -18,6 +18,10 @@ DEFAULT_PREFILL_CHUNK = 4096
 # Measured per platform (docs/benchmarks.md, performance run): on an H100, yoco-3b-1m prefills
 # 1M tokens in 9.1 s with chunks of 16384 against 11.5 s with 4096, for 1.6 GB more peak.
 PREFILL_CHUNK = {"gpu": 16384}
+PREFILL_CHUNK_HELP = (  # the commands' --prefill-chunk
+    f"tokens per prefill step (default: {PREFILL_CHUNK['gpu']} on GPU, "
+    f"{DEFAULT_PREFILL_CHUNK} elsewhere)"
+)
 
 
 def default_prefill_chunk(platform: str | None = None) -> int:
