@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -24,3 +25,19 @@ def shown_flags(argv: list[str]) -> list[str]:
             out.append(arg)
         skip = arg in ("--out", "--docs")
     return out
+
+
+def add_output_flags(parser, results: str, root: Path) -> None:
+    """--out, --docs, --render and --note, shared by the stand-alone benchmarks; `results` names
+    the default results file (e.g. "quality-<backend>.json")."""
+    parser.add_argument("--out", help=f"default: bench/results/{results}")
+    parser.add_argument("--docs", default=str(root / "docs"), help="'' to leave docs/ alone")
+    parser.add_argument("--render", nargs="+", help="only rewrite the docs from results JSONs")
+    parser.add_argument("--note", help="a remark for the docs (e.g. how busy the machine was)")
+
+
+def render_only(args, write_docs) -> bool:
+    """With --render: rewrites the docs from the given results JSONs and says so (True)."""
+    for path in args.render or []:
+        write_docs(json.loads(Path(path).read_text()), Path(args.docs))
+    return bool(args.render)

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.docs_section import replace_section, shown_flags
+from bench.docs_section import add_output_flags, render_only, replace_section, shown_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Quality at equal compute: YOCO vs Transformer"
@@ -191,14 +191,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="default: bench/results/quality-<backend>.json")
-    parser.add_argument("--docs", default=str(ROOT / "docs"), help="'' to leave docs/ alone")
-    parser.add_argument("--render", nargs="+", help="only rewrite the docs from results JSONs")
-    parser.add_argument("--note", help="a remark for the docs (e.g. how busy the machine was)")
+    add_output_flags(parser, "quality-<backend>.json", ROOT)
     args = parser.parse_args(argv)
-    if args.render:
-        for path in args.render:
-            write_docs(json.loads(Path(path).read_text()), Path(args.docs))
+    if render_only(args, write_docs):
         return {}
 
     from yoco_jax.config import get_config

@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.docs_section import replace_section, shown_flags
+from bench.docs_section import add_output_flags, render_only, replace_section, shown_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Serving under load: YOCO vs Transformer"
@@ -188,14 +188,9 @@ def main(argv=None) -> dict:
     p.add_argument("--chunk", type=int, default=256, help="prefill chunk")
     p.add_argument("--block", type=int, default=4, help="decode block")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="default: bench/results/serve-<backend>.json")
-    p.add_argument("--docs", default=str(ROOT / "docs"), help="'' to leave docs/ alone")
-    p.add_argument("--render", nargs="+", help="only rewrite the docs from results JSONs")
-    p.add_argument("--note", help="a remark for the docs (e.g. how busy the machine was)")
+    add_output_flags(p, "serve-<backend>.json", ROOT)
     args = p.parse_args(argv)
-    if args.render:
-        for path in args.render:
-            write_docs(json.loads(Path(path).read_text()), Path(args.docs))
+    if render_only(args, write_docs):
         return {}
 
     from bench.quality import matched_transformer, n_params
