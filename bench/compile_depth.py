@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import yoco_jax
 from bench.machine import describe
 from yoco_jax import sharding
-from yoco_jax.inference.decode_loop import DecodeState, _decode_loop
-from yoco_jax.inference.sampling import Sampling, row_keys
+from yoco_jax.inference.decode_loop import DecodeState, decode_loop
+from yoco_jax.inference.sampling import row_keys
 from yoco_jax.model import build_model, init_cache
 from yoco_jax.train.config import TrainConfig
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -73,10 +73,13 @@ def measure(cfg) -> dict:
         max_new=vector(jnp.int32),
         done=vector(jnp.bool_),
         keys=jax.eval_shape(lambda: row_keys(0, BATCH)),
+        temperature=vector(jnp.float32),
+        top_k=vector(jnp.int32),
+        top_p=vector(jnp.float32),
     )
     stop = jax.ShapeDtypeStruct((1,), jnp.int32)
-    args = (cfg, True, params, state, stop, Sampling(), jnp.int32(STEPS))
-    out["decode_loop"] = _timed(_decode_loop, *args)
+    args = (cfg, params, state, stop, jnp.int32(STEPS))
+    out["decode_loop"] = _timed(decode_loop, *args)
     return out
 
 

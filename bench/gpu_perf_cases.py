@@ -128,7 +128,7 @@ def _prefill_row(row, model, weights, length, chunk):
     runs = []
     for _ in range(2):
         t0 = time.perf_counter()
-        out = jax.block_until_ready(model.prefill([prompt], chunk_size=chunk, max_len=length))
+        out = jax.block_until_ready(model.prefill([prompt], prefill_chunk=chunk, max_len=length))
         runs.append(time.perf_counter() - t0)
         del out  # free the cache before the next run
     row["first_s"], row["steady_s"] = runs

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 import yoco_jax
-from yoco_jax.model.cache import KVCache, WindowKV, cache_bytes, grow_cache, init_cache, tree_bytes
+from yoco_jax.model.cache import (
+    KVCache,
+    WindowKV,
+    cache_bytes,
+    init_cache,
+    resize_cache,
+    tree_bytes,
+)
 
 CONFIGS = {
     "yoco": dict(),
@@ -21,10 +28,13 @@ def test_capacity_bytes_and_growth(name):
     cache = init_cache(cfg, 3, 20, "bfloat16")
     assert cache.max_len == 20 and cache.kv_dtype == jnp.bfloat16
     assert tree_bytes(cache) == cache_bytes(cfg, 3, 20, "bfloat16")
-    grown = grow_cache(cache, 33)
+    grown = resize_cache(cache, 33)
     assert grown.max_len == 33 and tree_bytes(grown) == cache_bytes(cfg, 3, 33, "bfloat16")
-    with pytest.raises(ValueError, match="cannot shrink a cache of 33 positions to 20"):
-        grow_cache(grown, 20)
+    cut = resize_cache(grown, 20)  # nothing written yet: any length fits
+    assert cut.max_len == 20 and tree_bytes(cut) == cache_bytes(cfg, 3, 20, "bfloat16")
+    full = grown._replace(lengths=jnp.array([3, 21, 0], jnp.int32))
+    with pytest.raises(ValueError, match="holding 21 tokens to 20 positions"):
+        resize_cache(full, 20)
 
 
 def test_kv_write_puts_tokens_at_their_positions_and_drops_padding():

@@ -87,7 +87,7 @@ def test_window_context_orders_ring_and_chunk_by_position():
 
 
 def _prefill(model, tokens, lengths, chunk):
-    return prefill_tokens(model, tokens, lengths, max_len=45, chunk_size=chunk)
+    return prefill_tokens(model, tokens, lengths, max_len=45, prefill_chunk=chunk)
 
 
 @pytest.fixture(scope="module", params=["transformer-tiny", "yoco-swa-tiny"])

@@ -93,10 +93,10 @@ def test_prefill_logits_match_and_the_cache_is_split_along_its_length(models, un
 
 
 def test_the_plan_rounds_chunk_width_and_cache_to_the_context_size():
-    shape = plan([40, 13], 7, buckets=Buckets(), chunk_size=10, max_len=50, multiple=4)
+    shape = plan([40, 13], 7, buckets=Buckets(), prefill_chunk=10, max_len=50, multiple=4)
     assert (shape.width, shape.chunk, shape.max_len) == (72, 12, 52)
     # A continued cache grows to a multiple too.
-    assert plan([5], 30, buckets=Buckets(), chunk_size=8, used=[20], multiple=3).max_len == 66
+    assert plan([5], 30, buckets=Buckets(), prefill_chunk=8, used=[20], multiple=3).max_len == 66
 
 
 def test_what_does_not_split_over_the_mesh_is_refused(models):
@@ -107,7 +107,7 @@ def test_what_does_not_split_over_the_mesh_is_refused(models):
         (lambda: prefill_tokens(model, tokens[:, :30], lengths, mesh=mesh), "prompt width 30"),
         (lambda: prefill_tokens(model, tokens, lengths, max_len=50, mesh=mesh),
          "cache length (max_len) 50 does not split over the context axis of size 4"),
-        (lambda: prefill_tokens(model, tokens, lengths, chunk_size=6, mesh=mesh),
+        (lambda: prefill_tokens(model, tokens, lengths, prefill_chunk=6, mesh=mesh),
          "prefill chunk 6"),
         (lambda: model.prefill(_prompts(model, (5, 6, 7)), mesh=mesh),
          "the number of prompts (cache rows)=3 does not divide"),
@@ -141,3 +141,16 @@ def test_infer_cli_mesh_flag(models, tmp_path, capsys):
         infer_main(["--checkpoint", str(folder), "--prompt", "x", "--mesh", "context=3.5"])
     assert exit_.value.code == 2
     assert "--mesh context=3.5: the size must be an integer" in capsys.readouterr().err
+
+
+def test_prefill_grows_a_short_continued_cache_over_a_mesh(models):
+    """An 18-position cache (not a multiple of context 4) continued with max_len=64: prefill
+    grows and rounds it as documented, and the logits equal the unsplit prefill of the whole."""
+    model = models["retention"]
+    first, second = _prompts(model, (14, 14))
+    mesh = _mesh({"context": 4})
+    _, cache = model.prefill([first], max_len=18)
+    logits, grown = model.prefill([second], cache=cache, max_len=64, mesh=mesh)
+    assert grown.max_len == 64 and cache.max_len == 18  # the caller's cache is untouched
+    want, _ = model.prefill([first + second], max_len=64)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5 * np.max(np.abs(want)))

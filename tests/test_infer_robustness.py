@@ -141,9 +141,9 @@ def test_non_positive_sizes_in_the_library(model):
         generate(model, [[5, 6]], 4, on_tokens=stream, block=0)  # used to loop forever
     with pytest.raises(ValueError, match="prefill_chunk=-1 must be a positive integer"):
         generate(model, [[5, 6]], 4, prefill_chunk=-1)  # used to ignore the prompt
-    with pytest.raises(ValueError, match="chunk_size=0 must be a positive integer"):
-        prefill(model, [[5, 6]], chunk_size=0)
-    logits, cache = prefill(model, [[5, 6]], max_len=16, chunk_size=16)
+    with pytest.raises(ValueError, match="prefill_chunk=0 must be a positive integer"):
+        prefill(model, [[5, 6]], prefill_chunk=0)
+    logits, cache = prefill(model, [[5, 6]], max_len=16, prefill_chunk=16)
     with pytest.raises(ValueError, match="steps=0 must be a positive integer"):
         decode(model, start_decode(logits, cache, 4), steps=0)
 

@@ -18,13 +18,13 @@ import yoco_jax
 from yoco_jax.inference import (
     Buckets,
     generate,
-    grow_cache,
     load_cache,
     prefill,
+    resize_cache,
     save_cache,
 )
-from yoco_jax.inference.chunked_prefill import _prefill_chunk
-from yoco_jax.inference.decode_loop import _decode_loop
+from yoco_jax.inference.chunked_prefill import extend_chunk
+from yoco_jax.inference.decode_loop import decode_loop
 from yoco_jax.inference.sampling import Sampling, filter_logits, row_keys, sample
 from yoco_jax.model import init_cache
 from yoco_jax.model.cache import cache_bytes, tree_bytes
@@ -82,13 +82,13 @@ def test_greedy_matches_full_forward_mixed_lengths(model):
 
 def test_prefill_logits_match_full_forward_and_one_shot(model):
     prompts = random_prompts(model.config.vocab_size)
-    logits, cache = prefill(model, prompts, chunk_size=CHUNK)
+    logits, cache = prefill(model, prompts, prefill_chunk=CHUNK)
     width = max(PROMPT_LENGTHS) + NEW  # the shape reference_greedy compiled
     full = np.asarray(model.logits([p + [0] * (width - len(p)) for p in prompts]))
     expected = full[np.arange(len(prompts)), np.array(PROMPT_LENGTHS) - 1]
     np.testing.assert_allclose(np.asarray(logits), expected, atol=2e-4, rtol=2e-4)
     np.testing.assert_array_equal(np.asarray(cache.lengths), PROMPT_LENGTHS)
-    one_shot = prefill(model, prompts, chunk_size=64)
+    one_shot = prefill(model, prompts, prefill_chunk=64)
     for a, b in zip(jax.tree.leaves((logits, cache)), jax.tree.leaves(one_shot)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-4, rtol=2e-4)
 
@@ -101,7 +101,7 @@ def test_cache_bytes_equal_formula(model):
 
 def test_save_load_then_continue_equals_no_save(model, tmp_path):
     document, question = random_prompts(model.config.vocab_size, (30, 5), seed=2)
-    _, cache = prefill(model, [document], max_len=64, chunk_size=CHUNK)
+    _, cache = prefill(model, [document], max_len=64, prefill_chunk=CHUNK)
     path = save_cache(tmp_path / "doc.npz", cache, model.config)
     loaded, _, cfg = load_cache(path, model.config)
     assert cfg == model.config
@@ -114,9 +114,9 @@ def test_save_load_then_continue_equals_no_save(model, tmp_path):
     assert generate(model, document + question, NEW, prefill_chunk=CHUNK).tokens == answer
 
 
-def test_grow_cache_pads_kv_only(model):
-    _, cache = prefill(model, random_prompts(model.config.vocab_size), chunk_size=CHUNK)
-    grown = grow_cache(cache, 100)
+def test_resize_cache_pads_kv_only(model):
+    _, cache = prefill(model, random_prompts(model.config.vocab_size), prefill_chunk=CHUNK)
+    grown = resize_cache(cache, 100)
     for a, b in zip(jax.tree.leaves(cache), jax.tree.leaves(grown)):
         if a.shape != b.shape:  # a K/V: [B, S, H, D] -> [B, 100, H, D], zeros after S
             assert b.shape == (a.shape[0], 100, *a.shape[2:])
@@ -144,13 +144,13 @@ def test_ladder_buckets_give_the_same_tokens(tiny):
 def test_decode_loop_compiles_once_and_streams(tiny):
     prompts = random_prompts(256)
     generate(tiny, prompts, NEW, prefill_chunk=CHUNK)
-    loops, chunks = _decode_loop._cache_size(), _prefill_chunk._cache_size()
+    loops, chunks = decode_loop._cache_size(), extend_chunk._cache_size()
     # Other prompts and lengths within the same buckets (cache 64, output 16), streamed in blocks.
     other = random_prompts(256, (3, 20, 30, 9), seed=4)
     streamed = []
     out = generate(tiny, other, 14, prefill_chunk=CHUNK, on_tokens=streamed.append, block=4)
-    assert _decode_loop._cache_size() == loops
-    assert _prefill_chunk._cache_size() == chunks
+    assert decode_loop._cache_size() == loops
+    assert extend_chunk._cache_size() == chunks
     assert len(streamed) == 4  # 14 tokens in blocks of 4
     assert [sum((s[i] for s in streamed), []) for i in range(4)] == [o.tokens for o in out]
     np.testing.assert_array_equal([o.tokens for o in out], reference_greedy(tiny, other, 14))
@@ -321,3 +321,16 @@ def test_infer_errors(checkpoint, capsys, tmp_path, args, message):
         infer(args, capsys)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_prefill_grows_a_short_continued_cache_to_max_len(model):
+    """prefill(cache=16 positions, max_len=64) grows the cache (issue: it used to refuse);
+    the logits are those of one prefill of both parts; without max_len it grows to a bucket."""
+    first, second = random_prompts(model.config.vocab_size, (12, 9), seed=5)
+    _, cache = prefill(model, [first], max_len=16, prefill_chunk=CHUNK)
+    logits, grown = prefill(model, [second], cache=cache, max_len=64, prefill_chunk=CHUNK)
+    assert grown.max_len == 64 and cache.max_len == 16
+    want, _ = prefill(model, [first + second], max_len=64, prefill_chunk=CHUNK)
+    np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5 * np.max(np.abs(want)))
+    _, bucketed = prefill(model, [second], cache=cache, prefill_chunk=CHUNK)
+    assert bucketed.max_len == 32  # 21 tokens: the next bucket

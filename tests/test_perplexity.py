@@ -82,7 +82,7 @@ def test_command_equals_a_direct_full_forward(tok, tmp_path, capsys):
 def test_transformer_equals_a_direct_full_forward(tok):
     model = yoco_jax.init(yoco_jax.get_config("transformer-tiny", vocab_size=2048), seed=2)
     rows = perplexity.sequences(DOCS, tok, N)
-    got = perplexity.nll_by_position(model, rows, [8, 40], batch_size=2, chunk_size=16)
+    got = perplexity.nll_by_position(model, rows, [8, 40], batch_size=2, prefill_chunk=16)
     np.testing.assert_allclose(got, direct(model, rows, [8, 40]), atol=1e-5)
 
 

@@ -214,7 +214,7 @@ BAD = [
     ({"prompt": "x", "foo": 1}, "foo"),
     ({"prompt": "x", "max_tokens": "ten"}, "max_tokens"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
-    ({"prompt": list(range(3, 3 + MAX_LEN)), "max_tokens": 1}, "prompt"),
+    ({"prompt": list(range(3, 4 + MAX_LEN)), "max_tokens": 1}, "prompt"),
     ({"prompt": [5] * 100, "max_tokens": 40}, "prompt"),
     ({"prompt": "x", "temperature": -1}, "temperature"),
     ({"prompt": "x", "top_p": 0}, "top_p"),
@@ -248,7 +248,7 @@ def test_bad_requests_answer_400_and_the_server_keeps_serving(server):
 def test_prompt_cache_file_continues_without_the_document(server):
     model, rng = tiny(), np.random.default_rng(5)
     doc, question = rng.integers(3, 2048, 40).tolist(), rng.integers(3, 2048, 6).tolist()
-    logits, cache = prefill(model, [doc], max_len=64, chunk_size=CHUNK)
+    logits, cache = prefill(model, [doc], max_len=64, prefill_chunk=CHUNK)
     path = save_cache(server.cache_dir / "docs" / "doc.npz", cache, model.config, logits)
     out = post(server, {"prompt": question, "max_tokens": 8, "temperature": 0,
                         "cache": "docs/doc.npz"}).json()  # fmt: skip

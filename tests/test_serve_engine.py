@@ -12,9 +12,9 @@ import pytest
 import yoco_jax
 from yoco_jax.data import demo_tokenizer
 from yoco_jax.inference import generate
-from yoco_jax.inference.chunked_prefill import _prefill_chunk
+from yoco_jax.inference.chunked_prefill import extend_chunk
+from yoco_jax.inference.decode_loop import decode_loop, insert_row
 from yoco_jax.serve.engine import Engine, QueueFull, Request
-from yoco_jax.serve.step import decode_block, insert_row
 from yoco_jax.serve.text import TextStream
 
 CHUNK, MAX_LEN = 32, 96  # rungs 16, 32, 64, 96
@@ -65,7 +65,7 @@ def test_compilations_are_bounded_over_50_requests():
     # Hand count for rungs 16, 32, 64, 96 and chunk 32: prefill chunks (16, fresh), (32, fresh),
     # then (32, fresh) + (32, not fresh) for each of 64 and 96; one insert per rung; one block.
     assert engine.compile_plan() == {"prefill": 6, "insert": 4, "decode": 1}
-    fns = (_prefill_chunk, insert_row, decode_block)
+    fns = (extend_chunk, insert_row, decode_loop)
     before = [f._cache_size() for f in fns]
     rng = np.random.default_rng(1)
 
@@ -88,23 +88,84 @@ def test_compilations_are_bounded_over_50_requests():
 def test_queue_limit_and_cancel():
     engine = Engine(tiny(), None, slots=1, max_len=MAX_LEN, prefill_chunk=CHUNK, queue_limit=2)
     events = []
-    reqs = [Request([5, 6, 7], 8, on_event=lambda k, d, i=i: events.append((i, k, d)))
-            for i in range(3)]  # fmt: skip
+    reqs = [
+        Request([5, 6, 7], 8, on_event=lambda k, d, i=i: events.append((i, k, d))) for i in range(3)
+    ]
     engine.submit(reqs[0])
     engine.submit(reqs[1])
     with pytest.raises(QueueFull):
         engine.submit(reqs[2])
     engine.cancel(reqs[0])
     engine.run_until_idle()
-    assert {i for i, _, _ in events} == {1}  # only the second ran; the cancelled one is silent
+    # The cancelled one ends with exactly one final event and nothing else; the second ran.
+    assert [(i, k) for i, k, _ in events if i == 0] == [(0, "cancelled")]
+    events = [e for e in events if e[0] == 1]
     (_, last, result), deltas = events[-1], events[:-1]
     assert last == "done" and len(result.tokens) == 8 and result.finish_reason == "length"
     # Without a tokenizer the deltas carry the new ids (and empty text).
     assert sum((d[1] for _, k, d in deltas), []) == result.tokens and result.text == ""
     with pytest.raises(ValueError, match="max-len"):
-        engine.submit(Request([5] * 90, 7))
+        engine.submit(Request([5] * 90, 8))  # 90 + 8 - 1 = 97 positions > 96
     with pytest.raises(ValueError, match="empty"):
         engine.submit(Request([], 7))
+
+
+def test_the_length_boundary_is_generates():
+    """90 prompt tokens + 7 new ones need 96 positions (the last token is never fed): both
+    `generate` and the server take it at max_len 96, with the same tokens."""
+    model = tiny()
+    engine = Engine(model, None, slots=2, max_len=MAX_LEN, prefill_chunk=CHUNK, block=3)
+    prompt = list(range(5, 95))
+    (res,) = run(engine, [Request(prompt, 7)])
+    alone = generate(model, prompt, 7, prefill_chunk=CHUNK, max_len=MAX_LEN)
+    assert res.tokens == alone.tokens and len(res.tokens) == 7
+
+
+@pytest.mark.parametrize("block", [1, 3, 5, 8])
+def test_stop_string_ids_and_usage_equal_generate(block):
+    """A stop string hit in the middle of a decode block: the server's ids and their count
+    stop where the text stops, exactly as `generate`'s (whatever the block)."""
+    model, tok = tiny(), demo_tokenizer()
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(3, 2048, n).tolist() for n in (9, 20, 33)]
+    reqs, expected = [], []
+    for i, p in enumerate(prompts):
+        free = generate(model, p, 24, tokenizer=tok, prefill_chunk=CHUNK, max_len=MAX_LEN)
+        text = free.text
+        stop = text[len(text) // 2 : len(text) // 2 + 2]  # somewhere mid-completion
+        assert stop.strip() and stop in text, text
+        expected.append(generate(model, p, 24, stop=[stop], tokenizer=tok,
+                                 prefill_chunk=CHUNK, max_len=MAX_LEN))  # fmt: skip
+        assert expected[-1].finish_reason == "stop"
+        assert len(expected[-1].tokens) < len(free.tokens)
+        reqs.append(Request(p, 24, stop=(stop,), seed=i))
+    engine = Engine(model, tok, slots=2, max_len=MAX_LEN, prefill_chunk=CHUNK, block=block)
+    for res, want in zip(run(engine, reqs), expected):
+        assert res.tokens == want.tokens and res.text == want.text
+        assert res.completion_tokens == len(want.tokens) and res.finish_reason == "stop"
+
+
+def test_close_without_drain_cancels_everything_with_one_final_event():
+    """A request mid-prefill, live ones and waiting ones: each ends with exactly one final
+    event, "cancelled", and none finishes "done"."""
+    model = tiny()
+    engine = Engine(model, None, slots=2, max_len=MAX_LEN, prefill_chunk=16, block=2)
+    events: dict[int, list[str]] = {}
+    on = lambda i: lambda kind, data: events.setdefault(i, []).append(kind)
+    # live, mid-prefill (5 chunks of 16), waiting
+    reqs = [Request(list(range(5, 5 + n)), 12, on_event=on(i)) for i, n in enumerate((4, 80, 6))]
+    engine.submit(reqs[0])
+    engine.step()  # the first prefills alone and goes live
+    engine.step()
+    engine.submit(reqs[1])
+    engine.submit(reqs[2])
+    engine.step()  # one decode block plus the first chunk of the long prompt
+    assert engine._pending is not None and engine._pending[1] is reqs[1]
+    assert engine._live and reqs[0] in engine._live.values()
+    engine.close(drain=False)  # no thread: the caller steps the engine to the end
+    engine.run_until_idle()
+    finals = {i: [k for k in kinds if k != "delta"] for i, kinds in events.items()}
+    assert finals == {0: ["cancelled"], 1: ["cancelled"], 2: ["cancelled"]}, events
 
 
 @pytest.mark.parametrize("stop", [(), ("(self",), ("zzz", "\n    "), (" ",)])

@@ -199,7 +199,7 @@ def _check_memory(model, token_lists, args, mesh) -> None:
     rows = placement.round_rows(buckets.batch_size(min(args.batch_size, len(token_lists))), mesh)
     positions = plan(
         [len(t) for t in token_lists], args.max_new_tokens, buckets=buckets,
-        chunk_size=args.prefill_chunk or default_prefill_chunk(), max_len=args.max_len,
+        prefill_chunk=args.prefill_chunk or default_prefill_chunk(), max_len=args.max_len,
         multiple=placement.context_size(mesh),
     ).max_len  # fmt: skip
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids

@@ -63,7 +63,11 @@ def main(argv=None) -> dict:
                 "arch": model.config.arch,
                 "positions": points,
                 "nll": nll_by_position(
-                    model, rows, points, batch_size=args.batch_size, chunk_size=args.prefill_chunk
+                    model,
+                    rows,
+                    points,
+                    batch_size=args.batch_size,
+                    prefill_chunk=args.prefill_chunk,
                 ),
             }  # fmt: skip
             for path, model in models.items()

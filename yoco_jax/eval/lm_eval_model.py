@@ -100,7 +100,7 @@ class YocoLM(TemplateLM):
     def _score(self, rows, disable_tqdm: bool, what: str):
         with tqdm(total=len(rows), disable=disable_tqdm, desc=what) as bar:
             return score_rows(
-                self.model, rows, batch_size=self.batch_size, chunk_size=self.prefill_chunk,
+                self.model, rows, batch_size=self.batch_size, prefill_chunk=self.prefill_chunk,
                 progress=bar.update,
             )  # fmt: skip
 

@@ -58,11 +58,17 @@ def positions(max_length: int, first: int = 1024) -> list[int]:
     return points + [max_length]
 
 
-def nll_by_position(model, rows: Sequence[Sequence[int]], points: Sequence[int], *,
-                    batch_size: int = 1, chunk_size: int | None = None) -> list[float]:  # fmt: skip
+def nll_by_position(
+    model,
+    rows: Sequence[Sequence[int]],
+    points: Sequence[int],
+    *,
+    batch_size: int = 1,
+    prefill_chunk: int | None = None,
+) -> list[float]:
     """Mean over rows of the average NLL (nats) of tokens 1..P of each row, for each P
-    (`chunk_size`: the prefill chunk, default the platform's)."""
-    scored = score_rows(model, rows, batch_size=batch_size, chunk_size=chunk_size)
+    (`prefill_chunk`: the prefill chunk, default the platform's)."""
+    scored = score_rows(model, rows, batch_size=batch_size, prefill_chunk=prefill_chunk)
     nll = -np.stack([logp for logp, _ in scored]).astype(np.float64)  # [rows, N]
     cumulative = np.cumsum(nll, axis=1) / np.arange(1, nll.shape[1] + 1)
     return [float(cumulative[:, p - 1].mean()) for p in points]

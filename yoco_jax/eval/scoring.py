@@ -20,45 +20,26 @@ import numpy as np
 from yoco_jax.config import ModelConfig
 from yoco_jax.inference.plan import Buckets, default_prefill_chunk, plan
 from yoco_jax.model import build_model, init_cache
-from yoco_jax.model.cache import TransformerCache, YOCOCache
 from yoco_jax.model.handle import ModelHandle
-from yoco_jax.model.lm import new_token_layout
-
-
-def _extend_all(module, tokens, cache, n_new, fresh: bool):
-    """`extend` with logits at every new position: (float32 [B, T, V], cache)."""
-    n_new, valid, positions = new_token_layout(tokens, cache.lengths, n_new)
-    if module.config.arch == "transformer":
-        x, layers = module._run(tokens, positions, cache.layers, valid, fresh)
-        new_cache = TransformerCache(layers, cache.lengths + n_new)
-    else:
-        x = module.embed_tokens(tokens)
-        x, self_caches = module.self_decoder(x, positions, cache.self_layers, valid, fresh)
-        k, v = module.cross_decoder.project_kv(x, positions)
-        kv = cache.kv.write(k, v, positions, valid)
-        # Query i of a row sits at cache.lengths + i: the T queries are the last T positions of
-        # a sequence of cache.lengths + T (padding queries read garbage and are ignored).
-        x = module.cross_decoder(x, positions, kv.k, kv.v, cache.lengths + tokens.shape[1])
-        new_cache = YOCOCache(self_caches, kv, cache.lengths + n_new)
-    logits = module.output_projection(module.layer_norm(x)).astype(jnp.float32)
-    return logits, new_cache
 
 
 @functools.partial(jax.jit, static_argnames=("config", "fresh"), donate_argnames=("cache",))
 def _score_chunk(config: ModelConfig, params, tokens, targets, n_new, cache, fresh: bool):
     """(log p(target) [B, T] float32, target is the argmax [B, T] bool, cache)."""
     logits, cache = build_model(config).apply(
-        {"params": params}, tokens, cache, n_new, fresh, method=_extend_all
+        {"params": params}, tokens, cache, n_new, fresh, "all", method="extend"
     )
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return picked, jnp.argmax(logits, axis=-1) == targets, cache
 
 
-def score_batch(model: ModelHandle, rows: Sequence[Sequence[int]], *, chunk_size: int, n_rows: int):
+def score_batch(
+    model: ModelHandle, rows: Sequence[Sequence[int]], *, prefill_chunk: int, n_rows: int
+):
     """Rows of >= 2 tokens, padded into one batch of `n_rows` -> per row (log-probs [L - 1],
     greedy [L - 1]) of tokens 1..L-1 given the tokens before them."""
-    shape = plan([len(r) - 1 for r in rows], buckets=Buckets(), chunk_size=chunk_size)
+    shape = plan([len(r) - 1 for r in rows], buckets=Buckets(), prefill_chunk=prefill_chunk)
     width, chunk = shape.width, shape.chunk  # a power of two (>= 16), a multiple of the chunk
     inputs = np.zeros((n_rows, width), np.int32)
     targets = np.zeros((n_rows, width), np.int32)
@@ -86,7 +67,7 @@ def score_rows(
     rows: Sequence[Sequence[int]],
     *,
     batch_size: int = 8,
-    chunk_size: int | None = None,
+    prefill_chunk: int | None = None,
     progress=None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact per-token scores of many token rows (each >= 2 tokens), in input order.
@@ -95,7 +76,7 @@ def score_rows(
     the padded length (power of two, then a multiple of the chunk) are bucketed, so a whole task
     compiles a few times. `progress(n_done)` is called after each batch.
     """
-    chunk_size = default_prefill_chunk() if chunk_size is None else chunk_size
+    prefill_chunk = default_prefill_chunk() if prefill_chunk is None else prefill_chunk
     if not rows:
         return []
     for i, row in enumerate(rows):
@@ -107,7 +88,9 @@ def score_rows(
     for first in range(0, len(order), batch_size):
         ids = order[first : first + batch_size]
         n_rows = Buckets().batch_size(len(ids))
-        scored = score_batch(model, [rows[i] for i in ids], chunk_size=chunk_size, n_rows=n_rows)
+        scored = score_batch(
+            model, [rows[i] for i in ids], prefill_chunk=prefill_chunk, n_rows=n_rows
+        )
         for i, s in zip(ids, scored):
             out[i] = s
         if progress is not None:

@@ -6,7 +6,7 @@ from yoco_jax.inference.decode_loop import DecodeState, decode, start_decode
 from yoco_jax.inference.generate import Completion, generate
 from yoco_jax.inference.plan import Buckets
 from yoco_jax.inference.sampling import Sampling
-from yoco_jax.model.cache import grow_cache
+from yoco_jax.model.cache import resize_cache
 
 __all__ = [
     "Buckets",
@@ -15,7 +15,7 @@ __all__ = [
     "Sampling",
     "decode",
     "generate",
-    "grow_cache",
+    "resize_cache",
     "load_cache",
     "prefill",
     "save_cache",

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig, from_dict
-from yoco_jax.model.cache import Cache, KVCache, WindowKV, grow_cache, init_cache
+from yoco_jax.model.cache import Cache, KVCache, WindowKV, init_cache, resize_cache
 
 
 @jax.jit
@@ -125,7 +125,7 @@ def load_cache(
     if dtype is not None:
         cache = _with_kv_dtype(cache, jnp.dtype(dtype))
     if max_len is not None and max_len > meta["max_len"]:
-        cache = grow_cache(cache, max_len)
+        cache = resize_cache(cache, max_len)
     return cache, logits, config or saved
 
 

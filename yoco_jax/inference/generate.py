@@ -7,28 +7,32 @@ length over `context` (inference/placement.py)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from yoco_jax.data.tokenizer_resolver import check_tokenizer
 from yoco_jax.inference import placement
-from yoco_jax.inference.chunked_prefill import prefill_tokens
-from yoco_jax.inference.decode_loop import DecodeState, decode, start_decode
+from yoco_jax.inference.chunked_prefill import prefill_lists
+from yoco_jax.inference.decode_loop import (
+    DecodeState,
+    check_decode_mesh,
+    decode,
+    finish_rows,
+    start_decode,
+)
 from yoco_jax.inference.plan import (
     DEFAULT_BUCKETS,
     Buckets,
     check_positive,
-    default_prefill_chunk,
-    plan,
 )
-from yoco_jax.inference.prompts import as_token_lists, check_prompts, pad_prompts
+from yoco_jax.inference.prompts import as_token_lists, check_prompts
 from yoco_jax.inference.sampling import Sampling, check_seed
 from yoco_jax.inference.stop_strings import cut_at_stop, find_stop, resolve_stop, rows_at_stop
-from yoco_jax.model.cache import Cache, grow_cache
+from yoco_jax.model.cache import Cache
 from yoco_jax.model.handle import ModelHandle
 
 
@@ -83,11 +87,8 @@ def generate(
     tokenizer = tokenizer or model.tokenizer
     if tokenizer is not None:  # before any work: a wrong one fails only when decoding
         check_tokenizer(tokenizer, model.config.vocab_size)
-    prefill_chunk = default_prefill_chunk() if prefill_chunk is None else prefill_chunk
-    check_positive("prefill_chunk", prefill_chunk)
     check_positive("block", block)
     check_seed(seed)
-    placement.check_mesh(model.config, mesh)
     token_lists, single = as_token_lists(prompts, tokenizer, add_bos)
     check_prompts(model, token_lists)
     sampling = Sampling.checked(temperature, top_k, top_p)
@@ -101,56 +102,58 @@ def generate(
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer")
     n = len(token_lists)
-    if cache is not None and n != cache.lengths.shape[0]:
-        raise ValueError(
-            f"{n} prompts for a cache of {cache.lengths.shape[0]} rows: give one per cache row"
-        )
-    used = None if cache is None else np.asarray(cache.lengths)
-    context = placement.context_size(mesh)
-    shape = plan([len(p) for p in token_lists], max_new_tokens, buckets=buckets,
-                 chunk_size=prefill_chunk, max_len=max_len, used=used,
-                 multiple=context)  # fmt: skip
-    if cache is None:  # made by the prefill (a fresh cache: the split window path)
-        rows = placement.round_rows(buckets.batch_size(n), mesh)
-    else:
-        cache = jax.tree.map(jnp.copy, cache)  # the caller's cache stays usable
-        if shape.need > cache.max_len or cache.max_len % context:
-            cache = grow_cache(cache, max(shape.max_len, -(-cache.max_len // context) * context))
-        rows = cache.lengths.shape[0]
-    tokens, lengths = pad_prompts(token_lists, rows, shape.width)
-    logits, cache = prefill_tokens(model, tokens, lengths, cache, max_len=shape.max_len,
-                                   chunk_size=shape.chunk, mesh=mesh)  # fmt: skip
+    placement.check_mesh(model.config, mesh)  # before its data axes size the batch
+    rows = None if cache is not None else placement.round_rows(buckets.batch_size(n), mesh)
+    logits, cache = prefill_lists(
+        model,
+        token_lists,
+        cache=cache,
+        max_len=max_len,
+        max_new_tokens=max_new_tokens,
+        prefill_chunk=prefill_chunk,
+        buckets=buckets,
+        mesh=mesh,
+        rows=rows,
+    )
+    rows = cache.lengths.shape[0]
     budget = np.where(np.arange(rows) < n, max_new_tokens, 0)
-    state = start_decode(logits, cache, budget, seed, buckets.seq_len(max_new_tokens))
-    state = _decode_all(model, state, n, sampling, stops, tokenizer, on_tokens, block, mesh)
+    state = start_decode(logits, cache, budget, seed, buckets.seq_len(max_new_tokens), sampling)
+    state = _decode_all(model, state, n, stops, tokenizer, on_tokens, block, mesh)
     completions = _completions(state, n, stops, tokenizer)
     return completions[0] if single else completions
 
 
-def _decode_all(model, state: DecodeState, n: int, sampling, stops, tokenizer, on_tokens,
-                block: int, mesh) -> DecodeState:  # fmt: skip
+def _decode_all(
+    model, state: DecodeState, n: int, stops, tokenizer, on_tokens, block: int, mesh
+) -> DecodeState:
     """Decodes every row to its end: in one call, or in blocks of `block` tokens to stream
-    them (`on_tokens`) and to end rows whose text holds a stop string."""
+    them (`on_tokens`) and to end rows whose text holds a stop string. Model and state are
+    checked and placed once, before the first block."""
     stop_ids, stop_texts = stops
+    check_decode_mesh(model.config, state, mesh)
+    model = ModelHandle(model.config, placement.place_params(model.config, model.params, mesh))
+    state = placement.place(state, mesh)
+    run = functools.partial(decode, model, stop_ids=stop_ids, mesh=mesh, placed=True)
     if on_tokens is None and not stop_texts:
-        return decode(model, state, sampling=sampling, stop_ids=stop_ids, mesh=mesh)
+        return run(state)
     shown = np.zeros((n,), np.int64)
     while True:
-        state = decode(model, state, steps=block, sampling=sampling, stop_ids=stop_ids, mesh=mesh)
+        state = run(state, steps=block)
         out, n_out, done = jax.device_get((state.tokens, state.n_out, state.done))
         if on_tokens is not None:
             on_tokens([out[i, shown[i] : n_out[i]].tolist() for i in range(n)])
         shown = n_out[:n].astype(np.int64)
         if stop_texts:
             hit = rows_at_stop(out, n_out, done, stop_texts, tokenizer)
-            state = state._replace(done=state.done | hit) if hit.any() else state
+            state = finish_rows(state, hit) if hit.any() else state
             done = done | hit
         if done.all():
             return state
 
 
-def _completions(state: DecodeState, n: int, stops: tuple[Sequence[int], Sequence[str]],
-                 tokenizer) -> list[Completion]:  # fmt: skip
+def _completions(
+    state: DecodeState, n: int, stops: tuple[Sequence[int], Sequence[str]], tokenizer
+) -> list[Completion]:
     """The first `n` rows' tokens, without the stop token, cut before any stop string."""
     stop_ids, stop_texts = stops
     out, n_out = jax.device_get((state.tokens, state.n_out))

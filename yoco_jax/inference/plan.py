@@ -39,6 +39,16 @@ class Buckets:
     length: tuple[int, ...] = ()
     min_length: int = 16
 
+    @classmethod
+    def up_to(cls, max_len: int, min_length: int = 16) -> Buckets:
+        """Lengths on a ladder of powers of two from `min_length` below `max_len`, then
+        `max_len` itself (a server's fixed context): a bounded set of shapes."""
+        rungs, r = [], min_length
+        while r < max_len:
+            rungs.append(r)
+            r *= 2
+        return cls(length=(*rungs, max_len), min_length=min_length)
+
     def batch_size(self, n: int) -> int:
         return bucket(n, self.batch, 1)
 
@@ -75,7 +85,7 @@ def plan(
     max_new_tokens: int = 0,
     *,
     buckets: Buckets,
-    chunk_size: int,
+    prefill_chunk: int,
     max_len: int | None = None,
     used: Sequence[int] | np.ndarray | None = None,
     multiple: int = 1,
@@ -91,11 +101,11 @@ def plan(
     `multiple` (the size of a mesh's `context` axis): the chunk and `max_len` are rounded up to
     multiples of it, so every chunk and the cache split into equal slices over the axis.
     """
-    check_positive("chunk_size", chunk_size)
+    check_positive("prefill_chunk", prefill_chunk)
     up = lambda n, m: -(-n // m) * m
     longest = max(lengths)
     width = buckets.seq_len(longest)
-    chunk = up(min(chunk_size, width), multiple)
+    chunk = up(min(prefill_chunk, width), multiple)
     width = up(width, chunk)
     filled = longest if used is None else int(np.max(np.asarray(used) + np.asarray(lengths)))
     need = filled + max(max_new_tokens - 1, 0)

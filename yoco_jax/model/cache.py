@@ -113,13 +113,26 @@ def map_kv(cache: Cache, fn) -> Cache:
     return cache._replace(layers=tuple(fn(c) for c in cache.layers))
 
 
-def grow_cache(cache: Cache, max_len: int) -> Cache:
-    """The same cache with every K/V zero-padded along time to `max_len` positions (a copy)."""
+def resize_cache(cache: Cache, max_len: int) -> Cache:
+    """The same cache with every K/V zero-padded, or cut, along time to `max_len` positions (a
+    copy). Cutting is refused where it would drop a row's tokens (`cache.lengths`)."""
+    used = int(np.max(np.asarray(cache.lengths), initial=0))
+    if max_len < used:
+        raise ValueError(
+            f"cannot resize a cache holding {used} tokens to {max_len} positions: give a "
+            f"max_len of at least {used}"
+        )
     extra = max_len - cache.max_len
-    if extra < 0:
-        raise ValueError(f"cannot shrink a cache of {cache.max_len} positions to {max_len}")
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
-    return map_kv(cache, lambda c: KVCache(pad(c.k), pad(c.v)))
+    if extra > 0:
+        fit = lambda x: jnp.pad(x, [(0, 0), (0, extra)] + [(0, 0)] * (x.ndim - 2))
+    elif extra < 0:
+        fit = lambda x: x[:, :max_len]
+    else:
+        fit = jnp.copy
+    # Every leaf new: the result never aliases the caller's arrays (consumers donate it).
+    is_kv = lambda x: isinstance(x, KVCache)
+    copied = jax.tree.map(lambda x: x if is_kv(x) else jnp.copy(x), cache, is_leaf=is_kv)
+    return map_kv(copied, lambda c: KVCache(fit(c.k), fit(c.v)))
 
 
 def _kv(cfg: ModelConfig, batch: int, length: int, dtype) -> KVCache:

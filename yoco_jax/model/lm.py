@@ -31,6 +31,12 @@ def last_tokens(x: Float[Array, "B T D"], n_new: Int[Array, " B"]) -> Float[Arra
     return jnp.take_along_axis(x, jnp.maximum(n_new - 1, 0)[:, None, None], axis=1)
 
 
+def check_logits(logits: str) -> None:
+    """`extend`'s `logits`: "last" (each row's last new token) or "all" (every new position)."""
+    if logits not in ("last", "all"):
+        raise ValueError(f'logits={logits!r} must be "last" or "all"')
+
+
 class LanguageModel(nn.Module):
     """Token embedding in, final RMSNorm and output projection out; subclasses add the body
     in `setup` and define `hidden` (final-normed states) and `extend` (cached inference)."""
@@ -51,6 +57,10 @@ class LanguageModel(nn.Module):
         """float32 logits for every position."""
         return self.output_projection(self.hidden(tokens, positions)).astype(jnp.float32)
 
+    def logits_all(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+        """float32 logits of un-normed final states."""
+        return self.output_projection(self.layer_norm(x)).astype(jnp.float32)
+
     def logits_of(self, x: Float[Array, "B 1 D"]) -> Float[Array, "B V"]:
         """float32 logits of un-normed final states of one token per row."""
-        return self.output_projection(self.layer_norm(x))[:, 0].astype(jnp.float32)
+        return self.logits_all(x)[:, 0]

@@ -7,7 +7,13 @@ from jaxtyping import Array, ArrayLike, Float, Int, Real
 
 from yoco_jax.model.block import ACTIVATION_AXES
 from yoco_jax.model.cache import TransformerCache
-from yoco_jax.model.lm import LanguageModel, default_positions, last_tokens, new_token_layout
+from yoco_jax.model.lm import (
+    LanguageModel,
+    check_logits,
+    default_positions,
+    last_tokens,
+    new_token_layout,
+)
 from yoco_jax.model.scan import make_layers, run_layers
 
 
@@ -36,10 +42,13 @@ class Transformer(LanguageModel):
         cache: TransformerCache,
         n_new: Real[ArrayLike, " B"] | None = None,
         fresh: bool = False,
-    ) -> tuple[Float[Array, "B V"], TransformerCache]:
+        logits: str = "last",
+    ) -> tuple[Float[Array, "B V"] | Float[Array, "B T V"], TransformerCache]:
         """As YOCO.extend; every layer runs over every new token (no early exit)."""
+        check_logits(logits)
         n_new, valid, positions = new_token_layout(tokens, cache.lengths, n_new)
         x, layers = self._run(tokens, positions, cache.layers, valid, fresh)
-        return self.logits_of(last_tokens(x, n_new)), TransformerCache(
-            layers, cache.lengths + n_new
-        )
+        new_cache = TransformerCache(layers, cache.lengths + n_new)
+        if logits == "all":
+            return self.logits_all(x), new_cache
+        return self.logits_of(last_tokens(x, n_new)), new_cache

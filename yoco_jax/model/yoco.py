@@ -9,7 +9,13 @@ from yoco_jax.config import ModelConfig
 from yoco_jax.model.block import ACTIVATION_AXES
 from yoco_jax.model.cache import YOCOCache
 from yoco_jax.model.layers import Linear, RMSNorm
-from yoco_jax.model.lm import LanguageModel, default_positions, last_tokens, new_token_layout
+from yoco_jax.model.lm import (
+    LanguageModel,
+    check_logits,
+    default_positions,
+    last_tokens,
+    new_token_layout,
+)
 from yoco_jax.model.rotary import apply_rotary
 from yoco_jax.model.scan import make_layers, run_cross, run_layers
 from yoco_jax.ops import context_parallel
@@ -93,12 +99,16 @@ class YOCO(LanguageModel):
         cache: YOCOCache,
         n_new: Real[ArrayLike, " B"] | None = None,
         fresh: bool = False,
-    ) -> tuple[Float[Array, "B V"], YOCOCache]:
+        logits: str = "last",
+    ) -> tuple[Float[Array, "B V"] | Float[Array, "B T V"], YOCOCache]:
         """Consumes right-padded tokens (n_new[b] real ones per row) after cache.lengths[b].
 
-        Returns float32 logits at each row's last new token and the updated cache. `fresh=True`
-        promises an empty cache (a first prefill), which lets window attention skip the ring.
+        Returns float32 logits and the updated cache. `logits="last"`: [B, V] at each row's last
+        new token; the cross-decoder runs there only (early exit). `logits="all"`: [B, T, V] at
+        every new position (scoring, prompt log-probs; padding positions hold garbage).
+        `fresh=True` promises an empty cache (a first prefill): window attention skips the ring.
         """
+        check_logits(logits)
         n_new, valid, positions = new_token_layout(tokens, cache.lengths, n_new)
         x = self.embed_tokens(tokens)
         x, self_caches = self.self_decoder(x, positions, cache.self_layers, valid, fresh)
@@ -107,5 +117,11 @@ class YOCO(LanguageModel):
         if context_parallel.context_size() > 1:  # the global cache stays split along its length
             kv = type(kv)(*map(context_parallel.split_along_length, kv))
         lengths = cache.lengths + n_new
+        new_cache = YOCOCache(self_caches, kv, lengths)
+        if logits == "all":
+            # Query i of a row sits at cache.lengths + i: the T queries are the last T positions
+            # of a sequence of cache.lengths + T (padding queries read garbage, ignored).
+            h = self.cross_decoder(x, positions, kv.k, kv.v, cache.lengths + tokens.shape[1])
+            return self.logits_all(h), new_cache
         h = self.cross_decoder(last_tokens(x, n_new), lengths[:, None] - 1, kv.k, kv.v, lengths)
-        return self.logits_of(h), YOCOCache(self_caches, kv, lengths)
+        return self.logits_of(h), new_cache

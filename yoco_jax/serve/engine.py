@@ -8,7 +8,11 @@ goes away), and the next waiting request takes its slot.
 
 The engine runs in its own thread (`start`); callers `submit` requests from any thread and
 receive events through each request's `on_event(kind, data)` callback, called on the engine
-thread: ("delta", (text, new token ids)), then ("done", Result) or ("error", message).
+thread: ("delta", (text, new token ids)), then exactly one final event: ("done", Result),
+("error", message) or ("cancelled", None).
+
+The engine holds slots, queues and text only: the decode step, the prefill chunks, the room
+rule and the buckets are inference/'s, shared with `generate`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ from collections import deque
 import jax
 import numpy as np
 
-from yoco_jax.inference.decode_loop import stop_array
+from yoco_jax.inference.decode_loop import (
+    decode,
+    finish_rows,
+    insert_row,
+    ring_tokens,
+    start_decode,
+)
+from yoco_jax.inference.plan import Buckets
+from yoco_jax.inference.sampling import Sampling
+from yoco_jax.inference.stop_strings import cut_at_stop
+from yoco_jax.model import init_cache
 from yoco_jax.serve.metrics import Metrics
-from yoco_jax.serve.prefill import RowPrefill, ladder, prefill_plan
 from yoco_jax.serve.request import Request, Result
-from yoco_jax.serve.step import decode_block, init_slots, insert_row, request_key
+from yoco_jax.serve.row_prefill import RowPrefill, prefill_compilations
 from yoco_jax.serve.text import TextStream
 
 __all__ = ["Closed", "Engine", "QueueFull", "Request", "Result"]
@@ -42,19 +55,28 @@ class Closed(Exception):
 
 
 class Engine:
-    def __init__(self, model, tokenizer, *, slots: int = 8, max_len: int = 2048,
-                 queue_limit: int = 64, prefill_chunk: int = 512, block: int = 4):  # fmt: skip
-        for name, value in [("slots", slots), ("max_len", max_len), ("queue_limit", queue_limit),
-                            ("prefill_chunk", prefill_chunk), ("block", block)]:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        slots: int = 8,
+        max_len: int = 2048,
+        queue_limit: int = 64,
+        prefill_chunk: int = 512,
+        block: int = 4,
+    ):
+        knobs = dict(slots=slots, max_len=max_len, queue_limit=queue_limit,
+                     prefill_chunk=prefill_chunk, block=block)  # fmt: skip
+        for name, value in knobs.items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         self.model, self.tokenizer = model, tokenizer
         self.slots, self.max_len, self.queue_limit = slots, max_len, queue_limit
         self.prefill_chunk, self.block = prefill_chunk, block
-        self.rungs = ladder(max_len)
-        stop = [] if tokenizer is None else [tokenizer.eos_id]
-        self.stop_ids, self._stop_set = stop_array(stop), set(stop)
-        self.state = init_slots(model.config, slots, max_len)
+        self.buckets = Buckets.up_to(max_len)
+        self.stop_ids = [] if tokenizer is None else [tokenizer.eos_id]
+        self.state = self._empty_state()
         self.metrics = Metrics(slots)
         self._cv = threading.Condition()
         self._waiting: deque[Request] = deque()
@@ -65,20 +87,27 @@ class Engine:
 
     # --- called from any thread ---------------------------------------------------------
 
+    def _empty_state(self):
+        """S done rows over caches of max_len positions, an output ring of one block."""
+        cache = init_cache(self.model.config, self.slots, self.max_len)
+        logits = np.zeros((self.slots, self.model.config.vocab_size), np.float32)
+        return start_decode(logits, cache, 0, buffer=self.block)
+
     def compile_plan(self) -> dict[str, int]:
         """The most compilations fresh prompts can cause, per jitted function."""
-        return {"prefill": prefill_plan(self.rungs, self.prefill_chunk),
-                "insert": len(self.rungs), "decode": 1}  # fmt: skip
+        rungs = self.buckets.length
+        prefill = prefill_compilations(rungs, self.prefill_chunk)
+        return {"prefill": prefill, "insert": len(rungs), "decode": 1}
 
     def check(self, req: Request) -> None:
         """A ValueError naming the problem when `req` cannot be served."""
         if not req.tokens and (req.prefix is None or req.prefix[1] is None):
             raise ValueError("the prompt is empty: give at least one token")
-        need = req.prefix_tokens + len(req.tokens) + req.max_tokens
-        if need > self.max_len:
+        prompt = req.prefix_tokens + len(req.tokens)
+        if prompt + max(req.max_tokens - 1, 0) > self.max_len:  # generate's room rule
             raise ValueError(
-                f"prompt ({req.prefix_tokens + len(req.tokens)} tokens) + max_tokens "
-                f"({req.max_tokens}) = {need} exceeds the server's --max-len {self.max_len}: "
+                f"prompt ({prompt} tokens) + max_tokens ({req.max_tokens}) - 1 (the last token "
+                f"takes no cache position) exceeds the server's --max-len {self.max_len}: "
                 "shorten the prompt or ask for fewer tokens"
             )
 
@@ -124,7 +153,8 @@ class Engine:
         with self._cv:
             self._accepting = False
             if not drain:
-                for req in [*self._waiting, *self._live.values()]:
+                pending = [] if self._pending is None else [self._pending[1]]
+                for req in [*self._waiting, *pending, *self._live.values()]:
                     req.cancelled = True
             self._stopping = True
             self._cv.notify()
@@ -163,7 +193,7 @@ class Engine:
             for slot, req in list(self._live.items()):
                 self._release(slot)
                 self._fail(req, f"the engine failed while decoding: {e}")
-            self.state = init_slots(self.model.config, self.slots, self.max_len)
+            self.state = self._empty_state()
 
     def _release(self, slot: int) -> None:
         self._live.pop(slot, None)
@@ -178,11 +208,16 @@ class Engine:
             gone.append(self._pending[1])
             self._release(self._pending[0])
             self._pending = None
+        ended = np.zeros((self.slots,), bool)
         for slot, req in list(self._live.items()):
             if req.cancelled:
                 gone.append(req)
+                ended[slot] = True
                 self._release(slot)
-        for _ in gone:
+        if ended.any():
+            self.state = finish_rows(self.state, ended)
+        for req in gone:  # every request ends with exactly one final event
+            self._emit(req, "cancelled", None)
             self.metrics.finished("cancelled")
 
     def _admit(self) -> None:
@@ -198,8 +233,9 @@ class Engine:
             slot, req, row = self._pending
             try:
                 if row is None:
-                    row = RowPrefill(self.model, req.tokens, self.rungs, self.prefill_chunk,
-                                     req.prefix)  # fmt: skip
+                    row = RowPrefill(
+                        self.model, req.tokens, self.buckets, self.prefill_chunk, req.prefix
+                    )
                     self._pending = (slot, req, row)
                 if not row.done:
                     budget -= row.step()
@@ -213,53 +249,62 @@ class Engine:
                 self._fail(req, f"prefill failed: {e}")
 
     def _insert(self, slot: int, req: Request, row: RowPrefill) -> None:
-        self.state = insert_row(
-            self.state, row.cache, row.last, np.int32(slot), np.int32(req.max_tokens),
-            np.float32(req.temperature), np.int32(req.top_k), np.float32(req.top_p),
-            request_key(req.seed),
-        )  # fmt: skip
+        sampling = Sampling(req.temperature, req.top_k, req.top_p)
+        one = start_decode(
+            row.last, row.cache, req.max_tokens, req.seed, self.block, sampling, self.max_len
+        )
+        self.state = insert_row(self.state, one, np.int32(slot))
         req.text = TextStream(self.tokenizer, req.stop)
         self._live[slot] = req
 
     def _decode(self) -> None:
-        active = np.zeros((self.slots,), bool)
-        active[list(self._live)] = True
-        cfg, params = self.model.config, self.model.params
-        self.state, out = decode_block(cfg, params, self.state, active, self.stop_ids,
-                                       steps=self.block)  # fmt: skip
-        out = np.asarray(jax.device_get(out))
+        before = np.asarray(jax.device_get(self.state.n_out))
+        self.state = decode(self.model, self.state, steps=self.block, stop_ids=self.stop_ids)
+        ring, n_out = jax.device_get((self.state.tokens, self.state.n_out))
         now = time.monotonic()
+        ended = np.zeros((self.slots,), bool)
         for slot, req in list(self._live.items()):
-            self._advance(slot, req, [int(t) for t in out[slot] if t >= 0], now)
+            new = ring_tokens(ring[slot], int(before[slot]), int(n_out[slot]))
+            ended[slot] = self._advance(slot, req, new, now)
+        if ended.any():  # stop strings end rows the loop still thinks live
+            self.state = finish_rows(self.state, ended)
 
-    def _advance(self, slot: int, req: Request, new: list[int], now: float) -> None:
-        """Takes a row's new tokens; releases text; evicts the row when it is finished."""
+    def _advance(self, slot: int, req: Request, new: list[int], now: float) -> bool:
+        """Takes a row's new tokens; releases text; evicts the row when it is finished (True).
+        The ids and their count stop where the text stops, as `generate`'s do."""
         if not new:
-            return
+            return False
         if req.first_token_at is None:
             req.first_token_at = now
             self.metrics.first_token(now - req.submitted_at, req.prefix_tokens + len(req.tokens))
         self.metrics.tokens(len(new), now)
         finish = None
-        if new[-1] in self._stop_set:
+        if new[-1] in self.stop_ids:
             new, finish = new[:-1], "stop"
         req.generated += new
         if finish is None and len(req.generated) >= req.max_tokens:
             finish = "length"
-        delta = ""
+        delta, released = "", req.generated
         if self.tokenizer is not None:
             delta, hit = req.text.update(req.generated, final=finish is not None)
             finish = "stop" if hit else finish
-        unsent = req.generated[req.sent :]  # ids go out with text, or alone without a tokenizer
+            # Ids go out with their text: only those wholly inside the released text.
+            shown = req.text.shown
+            released, _ = cut_at_stop(req.generated, shown, len(shown), self.tokenizer)
+            if hit:
+                req.generated = released
+        unsent = released[req.sent :]
         if delta or (unsent and (self.tokenizer is None or finish is not None)):
             self._emit(req, "delta", (delta, unsent))
-            req.sent = len(req.generated)
-        if finish is not None:
-            self._release(slot)
-            text = "" if self.tokenizer is None else req.text.shown
-            prompt = req.prefix_tokens + len(req.tokens)
-            self._emit(req, "done", Result(text, req.generated, finish, prompt, req.prefix_tokens))
-            self.metrics.finished(finish, now - req.submitted_at)
+            req.sent = max(req.sent, len(released))
+        if finish is None:
+            return False
+        self._release(slot)
+        text = "" if self.tokenizer is None else req.text.shown
+        prompt = req.prefix_tokens + len(req.tokens)
+        self._emit(req, "done", Result(text, req.generated, finish, prompt, req.prefix_tokens))
+        self.metrics.finished(finish, now - req.submitted_at)
+        return True
 
     def _emit(self, req: Request, kind: str, data) -> None:
         try:
