@@ -99,6 +99,13 @@ def check_export_target(folder, overwrite: bool = False) -> None:
         raise ValueError(
             f"{folder} is a training run folder (it has checkpoints/): export into another folder"
         )
+    resolved = folder.resolve()
+    for run in resolved.parents:  # even with --force: never over a run's checkpoints
+        if (run / "checkpoints").is_dir() and resolved.is_relative_to(run / "checkpoints"):
+            raise ValueError(
+                f"{folder} lies inside the checkpoints of the training run {run}: export into "
+                "a folder outside it"
+            )
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise ValueError(
             f"export target {folder} is not empty: give a new folder, or --force (overwrite=True) "
@@ -130,7 +137,7 @@ def write_official(
     os.chmod(weights, stat.S_IMODE(params_json.stat().st_mode))  # safetensors writes 0600
     tokenizer_file = folder / TOKENIZER_FILE
     if tokenizer is not None:
-        tokenizer_file.write_bytes(tokenizer._proto)  # the exact model bytes, even if unsaved
+        tokenizer.save(tokenizer_file)  # the exact model bytes, even if unsaved
     elif tokenizer_file.exists():  # a replaced export's tokenizer must not pair with new weights
         tokenizer_file.unlink()
     return folder
