@@ -66,6 +66,23 @@ def reported(prog: str, oom_hint: str = ""):
         raise SystemExit(code) from None
 
 
+def available_bytes() -> int:
+    """Free memory of the device that runs the model (the host's for CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def check_output(flag: str, path, folder: bool = False) -> None:
     """Raises before any work when results cannot be written to `path` (a file, or with
     `folder` a folder, created later with its parents): the message names `flag`."""

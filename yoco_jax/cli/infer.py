@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -32,6 +31,7 @@ from yoco_jax import compile_cache, sharding
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import (
     add_unverified_flag,
+    available_bytes,
     integer,
     one_line_warnings,
     positive_int,
@@ -169,21 +169,6 @@ def _stop(values):
     return None if values is None else [int(v) if v.lstrip("-").isdigit() else v for v in values]
 
 
-def _available_bytes() -> int:
-    """Free memory of the device generation runs on (the host's for CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _check_memory(model, token_lists, args, mesh) -> None:
     """Refuses up front a batch whose cache cannot fit (generate would allocate it)."""
     from yoco_jax.model.cache import cache_bytes
@@ -198,7 +183,7 @@ def _check_memory(model, token_lists, args, mesh) -> None:
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids
     if mesh is not None and jax.devices()[0].platform != "cpu":  # CPU devices share the RAM
         need //= mesh.size  # about: rows over data, K/V over context (small states whole)
-    free = _available_bytes()
+    free = available_bytes()
     if need > free:
         raise ValueError(
             f"{rows} rows of {positions} positions (prompt + --max-new-tokens "
