@@ -194,3 +194,41 @@ def test_clearing_a_run_keeps_the_inputs_it_holds(tmp_path):
     clear_run(str(tmp_path / "out"), restart=True, keep=[str(data)])
     assert (data / "doc.txt").read_text() == "one document\n"
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+# --- the official-layout loader ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory):
+    model = yoco_jax.init(yoco_jax.get_config("yoco-tiny", vocab_size=2048), seed=1)
+    return model.save_official(tmp_path_factory.mktemp("official") / "model")
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ("list", "holds a JSON list, not an object"),
+        ("folder", "is not a readable JSON file"),
+        ("nan", "holds NaN or infinite values"),
+        ("int", "holds int32 numbers: weights are floats"),
+    ],
+)
+def test_a_damaged_official_folder_is_a_checkpoint_error(official, tmp_path, damage, words):
+    from safetensors.numpy import load_file, save_file
+
+    folder = shutil.copytree(official, tmp_path / "copy")
+    if damage == "list":
+        (folder / "params.json").write_text("[1, 2]")
+    elif damage == "folder":
+        (folder / "params.json").unlink()
+        (folder / "params.json").mkdir()
+    else:
+        state = load_file(str(folder / "model.safetensors"))
+        name = sorted(state)[0]
+        state[name] = (
+            np.full_like(state[name], np.nan) if damage == "nan" else state[name].astype(np.int32)
+        )
+        save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=words):
+        yoco_jax.load_pretrained(folder)
