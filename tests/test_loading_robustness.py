@@ -209,7 +209,7 @@ def official(tmp_path_factory):
     ("damage", "words"),
     [
         ("list", "holds a JSON list, not an object"),
-        ("folder", "is not a readable JSON file"),
+        ("folder", "is not valid JSON \\(unreadable\\): .*Is a directory"),
         ("nan", "holds NaN or infinite values"),
         ("int", "holds int32 numbers: weights are floats"),
     ],

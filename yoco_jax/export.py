@@ -191,7 +191,9 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
     try:
         data = json.loads((folder / "params.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{folder / 'params.json'} is not a readable JSON file: {e}") from e
+        raise CheckpointError(
+            f"{folder / 'params.json'} is not valid JSON (unreadable): {e}"
+        ) from e
     if not isinstance(data, dict):
         raise CheckpointError(
             f"{folder / 'params.json'} holds a JSON {type(data).__name__}, not an object of "
