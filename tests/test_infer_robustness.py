@@ -114,15 +114,17 @@ def test_no_tokenizer_is_never_guessed(bare, tmp_path, capsys):
     assert code == 0 and out.endswith("\n")
 
 
-def test_tokenizer_of_another_size_is_refused_before_generating(tmp_path, capsys):
-    config = yoco_jax.get_config("yoco-tiny", vocab_size=4096)
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_before_generating(tmp_path, capsys):
+    config = yoco_jax.get_config("yoco-tiny", vocab_size=1024)
     shapes = jax.eval_shape(lambda: yoco_jax.init(config).params)  # zeros: no compilation
     zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
-    big = yoco_jax.Model(config, zeros).save_official(tmp_path / "big")
-    argv = ["--checkpoint", big, "--prompt", "x", "--tokenizer", demo_tokenizer().path]
-    one_line_error(*cli(infer_main, argv, capsys)[::2], 2, "2048 pieces", "4096")
-    with pytest.raises(ValueError, match="has 2048 pieces but the model's vocabulary has 4096"):
-        generate(yoco_jax.load_pretrained(big), "x", tokenizer=demo_tokenizer())  # no compile
+    small = yoco_jax.Model(config, zeros).save_official(tmp_path / "small")
+    argv = ["--checkpoint", small, "--prompt", "x", "--tokenizer", demo_tokenizer().path]
+    one_line_error(*cli(infer_main, argv, capsys)[::2], 2, "2048 pieces", "has only 1024")
+    with pytest.raises(
+        ValueError, match="has 2048 pieces but the model's vocabulary has only 1024"
+    ):
+        generate(yoco_jax.load_pretrained(small), "x", tokenizer=demo_tokenizer())  # no compile
 
 
 # --- defect 8: non-positive sizes -------------------------------------------------------------

@@ -15,7 +15,8 @@ from yoco_jax.config import RUNTIME_FIELDS, ConfigError, get_config
 from yoco_jax.export import read_official, write_official
 from yoco_jax.model import build_model
 from yoco_jax.model.scan import is_stacked, stack_layers, unstack_layers
-from yoco_jax.train.checkpoint import Checkpointer, load_params
+from yoco_jax.train.checkpoint import Checkpointer
+from yoco_jax.train.load import load_params
 from yoco_jax.train.step import TrainState
 
 NAMES = ["yoco-tiny", "yoco-swa-tiny", "transformer-tiny"]

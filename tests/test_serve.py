@@ -45,7 +45,7 @@ def expected(prompt, max_tokens, cache_file=None):
 class Server(BackgroundServer):
     def __init__(self, engine, cache_dir=None):
         self.engine = engine
-        super().__init__(create_app(engine, "tiny", PrefixStore(cache_dir, engine.model.config)))
+        super().__init__(create_app(engine, "tiny", PrefixStore(cache_dir, engine.model)))
 
 
 def new_engine(**kw):
@@ -249,7 +249,8 @@ def test_prompt_cache_file_continues_without_the_document(server):
     model, rng = tiny(), np.random.default_rng(5)
     doc, question = rng.integers(3, 2048, 40).tolist(), rng.integers(3, 2048, 6).tolist()
     logits, cache = prefill(model, [doc], max_len=64, prefill_chunk=CHUNK)
-    path = save_cache(server.cache_dir / "docs" / "doc.npz", cache, model.config, logits)
+    path = save_cache(server.cache_dir / "docs" / "doc.npz", cache, model.config, logits,
+                      params=model.params)  # fmt: skip
     out = post(server, {"prompt": question, "max_tokens": 8, "temperature": 0,
                         "cache": "docs/doc.npz"}).json()  # fmt: skip
     assert out["choices"][0]["token_ids"] == expected(tuple(question), 8, str(path)).tokens
@@ -296,4 +297,4 @@ def test_command_line_errors(capsys, tmp_path):
     tiny().save_official(tmp_path / "ckpt")
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(tmp_path / "ckpt"), "--slots", "0"])
-    assert exit_info.value.code == 2 and "slots=0 must be a positive" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--slots: 0 must be a positive" in capsys.readouterr().err

@@ -21,8 +21,9 @@ from yoco_jax.config import ConfigError, get_config
 from yoco_jax.data import DataConfig, demo_tokenizer, make_iterator
 from yoco_jax.model import build_model
 from yoco_jax.train.batches import GlobalBatches
-from yoco_jax.train.checkpoint import Checkpointer, check_compatible, load_params
+from yoco_jax.train.checkpoint import Checkpointer, check_compatible
 from yoco_jax.train.config import TrainConfig, load_train_config
+from yoco_jax.train.load import load_params
 from yoco_jax.train.loop import train
 from yoco_jax.train.loss import cross_entropy_sums
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer

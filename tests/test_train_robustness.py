@@ -26,9 +26,10 @@ from yoco_jax.data import Tokenizer, demo_tokenizer
 from yoco_jax.errors import CheckpointError
 from yoco_jax.model import build_model
 from yoco_jax.sharding import make_mesh
-from yoco_jax.train.checkpoint import Checkpointer, load_params
+from yoco_jax.train.checkpoint import Checkpointer
 from yoco_jax.train.config import TrainConfig, load_train_config
 from yoco_jax.train.damage import CheckpointWarning
+from yoco_jax.train.load import load_params
 from yoco_jax.train.lock import RunInUseError, RunLock
 from yoco_jax.train.loop import train
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer

@@ -82,11 +82,15 @@ def init(config: ModelConfig | str, seed: int = 0) -> Model:
     return Model(config, nn.unbox(variables["params"]))
 
 
-def load_pretrained(path: str | os.PathLike, **overrides) -> Model:
+def load_pretrained(
+    path: str | os.PathLike, *, allow_unverified: bool = False, **overrides
+) -> Model:
     """Loads a training output folder of this project (its latest checkpoint) or an
     official-layout folder (params.json + model.safetensors / *.pth), with the folder's
     tokenizer.model when it has one (never a guessed one). A run folder's checkpoints win over
     a params.json beside them. `overrides`: runtime fields only (config.RUNTIME_FIELDS).
-    Reads only: nothing is created in `path`."""
-    handle = load_handle(path, **overrides)
+    A checkpoint step without checksums cannot be verified: it is refused (CheckpointError)
+    unless `allow_unverified=True`, which loads it with a warning. Reads only: nothing is
+    created in `path`."""
+    handle = load_handle(path, allow_unverified=allow_unverified, **overrides)
     return Model(handle.config, handle.params, handle.tokenizer)

@@ -57,6 +57,10 @@ def from_state_dict(state: dict[str, np.ndarray], template) -> dict:
             missing.append(key)
             continue
         value = np.asarray(state[key])
+        if not jax.numpy.issubdtype(value.dtype, jax.numpy.floating):
+            raise CheckpointError(f"tensor {key} holds {value.dtype} numbers: weights are floats")
+        if not np.isfinite(value.astype(np.float32)).all():
+            raise CheckpointError(f"tensor {key} holds NaN or infinite values: the file is damaged")
         value = value.T if path[-1] == "kernel" else value
         if value.shape != tuple(like.shape):
             expected = like.shape[::-1] if path[-1] == "kernel" else like.shape
@@ -99,6 +103,13 @@ def check_export_target(folder, overwrite: bool = False) -> None:
         raise ValueError(
             f"{folder} is a training run folder (it has checkpoints/): export into another folder"
         )
+    resolved = folder.resolve()
+    for run in resolved.parents:  # even with --force: never over a run's checkpoints
+        if (run / "checkpoints").is_dir() and resolved.is_relative_to(run / "checkpoints"):
+            raise ValueError(
+                f"{folder} lies inside the checkpoints of the training run {run}: export into "
+                "a folder outside it"
+            )
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise ValueError(
             f"export target {folder} is not empty: give a new folder, or --force (overwrite=True) "
@@ -130,7 +141,7 @@ def write_official(
     os.chmod(weights, stat.S_IMODE(params_json.stat().st_mode))  # safetensors writes 0600
     tokenizer_file = folder / TOKENIZER_FILE
     if tokenizer is not None:
-        tokenizer_file.write_bytes(tokenizer._proto)  # the exact model bytes, even if unsaved
+        tokenizer.save(tokenizer_file)  # the exact model bytes, even if unsaved
     elif tokenizer_file.exists():  # a replaced export's tokenizer must not pair with new weights
         tokenizer_file.unlink()
     return folder
@@ -160,7 +171,8 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
         except Exception as e:  # torch raises several types for truncated or foreign files
             raise CheckpointError(f"{pth} is not a readable PyTorch checkpoint: {e}") from e
         state = state.get("model", state)  # a bare state_dict, as the official code saves
-        return {k: v.float().numpy() for k, v in state.items()}
+        # Floats widen (numpy has no bfloat16); integers stay integers, for the check above.
+        return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
     raise CheckpointError(
         f"{folder} holds no weights: expected model.safetensors, or one .pth state_dict "
         f"(found {len(pths)} .pth files)"
@@ -178,8 +190,15 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
         raise CheckpointError(f"{folder} has no params.json (the official YOCOArgs fields)")
     try:
         data = json.loads((folder / "params.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{folder / 'params.json'} is not valid JSON: {e}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{folder / 'params.json'} is not valid JSON (unreadable): {e}"
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{folder / 'params.json'} holds a JSON {type(data).__name__}, not an object of "
+            "the model's settings"
+        )
     config = from_dict(data, **overrides)
     unrolled = dataclasses.replace(config, scan_layers=False)  # the file's layout
     template = jax.eval_shape(

@@ -7,13 +7,14 @@ use `load_handle` and the `ModelHandle` it returns.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from yoco_jax.config import RUNTIME_FIELDS, ModelConfig, replace_checked
+from yoco_jax.config import ARCHITECTURE_FIELDS, RUNTIME_FIELDS, ModelConfig, replace_checked
 from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError, ConfigError
 from yoco_jax.model.handle import ModelHandle
@@ -23,6 +24,14 @@ from yoco_jax.model.scan import to_layout
 def check_runtime_overrides(overrides: dict) -> None:
     """Raises for an override of a saved model's architecture (what its parameters are)."""
     fixed = sorted(set(overrides) - set(RUNTIME_FIELDS))
+    unknown = [key for key in fixed if key not in ARCHITECTURE_FIELDS]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], RUNTIME_FIELDS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown setting {unknown[0]!r}{hint} The runtime settings of a saved model are: "
+            f"{', '.join(RUNTIME_FIELDS)}"
+        )
     if fixed:
         raise ConfigError(
             f"cannot override {', '.join(fixed)} of a saved model: it fixes the parameters' shapes "
@@ -43,11 +52,15 @@ def with_runtime(config: ModelConfig, params, **overrides) -> tuple[ModelConfig,
     return new, params
 
 
-def load_handle(path: str | os.PathLike, **overrides) -> ModelHandle:
+def load_handle(
+    path: str | os.PathLike, *, allow_unverified: bool = False, **overrides
+) -> ModelHandle:
     """Loads a training output folder of this project (its latest checkpoint) or an
     official-layout folder, with the folder's tokenizer.model when it has one (never a guessed
     one). A run folder's checkpoints win over a params.json beside them. `overrides`: runtime
-    fields only (config.RUNTIME_FIELDS). Reads only: nothing is created in `path`."""
+    fields only (config.RUNTIME_FIELDS). A checkpoint step without checksums (deleted, or saved
+    before they existed) is refused unless `allow_unverified` (then loaded with a warning).
+    Reads only: nothing is created in `path`."""
     check_runtime_overrides(overrides)  # before the (slow) load
     path = Path(path)
     if not path.exists():
@@ -57,7 +70,7 @@ def load_handle(path: str | os.PathLike, **overrides) -> ModelHandle:
             f"{path} is a file: give the folder of a training run or of an exported model"
         )
     if _has_checkpoints(path):
-        config, params = with_runtime(*_load_run(path), **overrides)
+        config, params = with_runtime(*_load_run(path, allow_unverified), **overrides)
     elif (path / "params.json").exists():
         # Imported here: `python -m yoco_jax.export` must not find itself imported already.
         from yoco_jax.export import read_official
@@ -78,12 +91,12 @@ def _has_checkpoints(path: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def _load_run(path: Path):
+def _load_run(path: Path, allow_unverified: bool):
     """(config, params) of a run folder's latest checkpoint, or a one-line CheckpointError."""
-    from yoco_jax.train.checkpoint import load_params
+    from yoco_jax.train.load import load_params
 
     try:
-        return load_params(str(path))
+        return load_params(str(path), allow_unverified=allow_unverified)
     except CheckpointError:
         raise
     except Exception as e:  # orbax raises KeyError, ValueError, OSError... for damaged steps

@@ -7,10 +7,13 @@ Exit codes: 2 for bad arguments, config or input (the message names the problem 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 USAGE = 2
 FAILURE = 1
@@ -61,6 +64,68 @@ def reported(prog: str, oom_hint: str = ""):
             raise
         sys.stderr.write(f"{prog}: error: {message(error, oom_hint)}\n")
         raise SystemExit(code) from None
+
+
+def available_bytes() -> int:
+    """Free memory of the device that runs the model (the host's for CPU)."""
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_output(flag: str, path, folder: bool = False) -> None:
+    """Raises before any work when results cannot be written to `path` (a file, or with
+    `folder` a folder, created later with its parents): the message names `flag`."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ValueError(f"{flag} {path} is {kind}: give {'a folder' if folder else 'a file'} name")
+    existing = path if path.exists() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{flag} {path}: {existing} is a file, not a folder")
+    try:  # a real write: permissions alone miss read-only file systems (and root)
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise ValueError(
+            f"{flag} {path}: cannot write in {existing} ({error.strerror}): give another path"
+        ) from None
+
+
+def integer(text: str) -> int:
+    """An argparse type: an integer, or a usage error quoting the text."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def add_unverified_flag(parser) -> None:
+    """--allow-unverified: load a checkpoint step that has no checksums (refused otherwise)."""
+    parser.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="load a checkpoint step that has no checksums (unchecked, with a warning)",
+    )
 
 
 def one_line_warnings(prog: str) -> None:

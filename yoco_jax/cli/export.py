@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from yoco_jax.api import load_pretrained
-from yoco_jax.cli.common import one_line_warnings, reported
+from yoco_jax.cli.common import add_unverified_flag, one_line_warnings, reported
 from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.export import check_export_target
 
@@ -21,11 +21,12 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
     parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
+    add_unverified_flag(parser)
     args = parser.parse_args(argv)
     one_line_warnings(parser.prog)
     with reported(parser.prog):
         check_export_target(args.out, args.force)  # before the (slow) load
-        model = load_pretrained(args.source)
+        model = load_pretrained(args.source, allow_unverified=args.allow_unverified)
         if args.tokenizer:
             model.tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
         model.save_official(args.out, dtype=args.dtype, overwrite=args.force)

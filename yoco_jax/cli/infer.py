@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -30,7 +29,14 @@ import jax
 
 from yoco_jax import compile_cache, sharding
 from yoco_jax.api import load_pretrained
-from yoco_jax.cli.common import one_line_warnings, reported
+from yoco_jax.cli.common import (
+    add_unverified_flag,
+    available_bytes,
+    integer,
+    one_line_warnings,
+    positive_int,
+    reported,
+)
 from yoco_jax.config import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference import placement
@@ -40,25 +46,11 @@ from yoco_jax.inference.plan import PREFILL_CHUNK_HELP, Buckets, default_prefill
 OUTPUT_KEYS = ("completion", "completion_tokens", "finish_reason")
 
 
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
-    return value
-
-
 def _seed(text: str) -> int:
-    value = _int(text)
+    value = integer(text)
     if not -(2**63) <= value < 2**63:
         raise argparse.ArgumentTypeError(f"{value} is not a 64-bit integer")
     return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,17 +65,17 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--input-jsonl", help="a JSONL file of prompts (a batch)")
     p.add_argument("--output-jsonl", help="where JSONL results go (default stdout)")
     p.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--stop", action="append", default=None, help="stop token id or text")
-    p.add_argument("--max-len", type=_positive_int, default=None, help="context (cache) length")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="JSONL prompts per batch")
+    p.add_argument("--max-len", type=positive_int, default=None, help="context (cache) length")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="JSONL prompts per batch")
     p.add_argument(
         "--prefill-chunk",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=PREFILL_CHUNK_HELP,
     )
@@ -94,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="device mesh, the axes of train.py's mesh.<axis> (data, fsdp, context, "
                         "tensor; -1 = the rest; else the first devices), e.g. --mesh context=4: "
                         "prompts and cache split along their length over context")  # fmt: skip
+    add_unverified_flag(p)
     compile_cache.add_flag(p)
     return p
 
@@ -149,8 +142,8 @@ def _jsonl_item(line: str, where: str) -> dict:
 def _check_paths(args) -> None:
     """Argument files, checked before the (slow) model load."""
     for flag, path in (("--prompt-file", args.prompt_file), ("--input-jsonl", args.input_jsonl)):
-        if path is not None and not Path(path).is_file():
-            what = "is a folder" if Path(path).is_dir() else "does not exist"
+        if path is not None and (Path(path).is_dir() or not Path(path).exists()):
+            what = "is a folder" if Path(path).is_dir() else "does not exist"  # /dev/stdin is fine
             raise FileNotFoundError(f"{flag} {path} {what}: give a text file")
     if args.output_jsonl is not None:
         out = Path(args.output_jsonl)
@@ -176,21 +169,6 @@ def _stop(values):
     return None if values is None else [int(v) if v.lstrip("-").isdigit() else v for v in values]
 
 
-def _available_bytes() -> int:
-    """Free memory of the device generation runs on (the host's for CPU)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "bytes_limit" in stats:
-        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _check_memory(model, token_lists, args, mesh) -> None:
     """Refuses up front a batch whose cache cannot fit (generate would allocate it)."""
     from yoco_jax.model.cache import cache_bytes
@@ -205,7 +183,7 @@ def _check_memory(model, token_lists, args, mesh) -> None:
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids
     if mesh is not None and jax.devices()[0].platform != "cpu":  # CPU devices share the RAM
         need //= mesh.size  # about: rows over data, K/V over context (small states whole)
-    free = _available_bytes()
+    free = available_bytes()
     if need > free:
         raise ValueError(
             f"{rows} rows of {positions} positions (prompt + --max-new-tokens "
@@ -242,7 +220,7 @@ def run(args, out=None, err=None) -> None:
     mesh = _mesh(args.mesh)
     items = _read_prompts(args)
     overrides = {"dtype": args.dtype} if args.dtype else {}
-    model = load_pretrained(args.checkpoint, **overrides)
+    model = load_pretrained(args.checkpoint, allow_unverified=args.allow_unverified, **overrides)
     tokenizer = model.tokenizer
     if args.tokenizer:
         tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)

@@ -7,13 +7,21 @@ of one checkpoint or two, as JSON and a plot (see yoco_jax/eval/perplexity.py).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
 from pathlib import Path
 
 from yoco_jax.api import load_pretrained
-from yoco_jax.cli.common import one_line_warnings, reported
-from yoco_jax.data.corpus import iter_texts
-from yoco_jax.data.tokenizer_resolver import find_tokenizer
+from yoco_jax.cli.common import (
+    add_unverified_flag,
+    check_output,
+    one_line_warnings,
+    positive_int,
+    reported,
+)
+from yoco_jax.data.corpus import STDLIB, iter_texts
+from yoco_jax.data.tokenizer_resolver import check_tokenizer, find_tokenizer
 from yoco_jax.errors import CheckpointError
 from yoco_jax.eval.perplexity import nll_by_position, plot, positions, sequences
 from yoco_jax.inference.plan import PREFILL_CHUNK_HELP
@@ -23,6 +31,14 @@ def _label(path: str, model) -> str:
     return f"{Path(path).name} ({model.config.arch})"
 
 
+def _check_data(paths: list[str]) -> None:
+    for path in paths:  # iter_texts would take a missing path for a text to score
+        if not (path == STDLIB or os.path.exists(path) or glob.glob(path)):
+            raise FileNotFoundError(
+                f"--data {path} does not exist: give text/JSONL files or folders"
+            )
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         prog="python -m yoco_jax.eval.perplexity", description=__doc__.split("\n\n")[0]
@@ -30,32 +46,42 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--compare", help="a second checkpoint (e.g. the Transformer)")
     parser.add_argument("--data", nargs="+", required=True, help="text/JSONL files or folders")
-    parser.add_argument("--max-length", type=int, required=True, help="N: tokens per document")
+    parser.add_argument("--max-length", type=positive_int, required=True, help="N: tokens per row")
     parser.add_argument("--concat", action="store_true", help="join documents into N-token rows")
-    parser.add_argument("--max-docs", type=int, default=16, help="rows scored at most")
-    parser.add_argument("--first", type=int, default=1024, help="the first reported position")
+    parser.add_argument("--max-docs", type=positive_int, default=16, help="rows scored at most")
+    parser.add_argument("--first", type=positive_int, default=1024, help="first reported position")
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--prefill-chunk", type=int, default=None, help=PREFILL_CHUNK_HELP)
+    parser.add_argument("--batch-size", type=positive_int, default=1)
+    parser.add_argument("--prefill-chunk", type=positive_int, default=None, help=PREFILL_CHUNK_HELP)
     parser.add_argument("--out", default="perplexity", help="writes <out>.json and <out>.png")
+    add_unverified_flag(parser)
     args = parser.parse_args(argv)
     one_line_warnings(parser.prog)
+    out = Path(args.out)
     with reported(parser.prog):
+        for suffix in (".json", ".png"):  # before the work, not after it
+            check_output("--out", out.with_suffix(suffix))
+        _check_data(args.data)
         # The data first: a bad --max-length fails before any model loads.
         tokenizer = find_tokenizer(args.checkpoint, None, args.tokenizer)
         if tokenizer is None:
             raise CheckpointError(
                 f"{args.checkpoint} carries no tokenizer (no tokenizer.model): pass --tokenizer"
             )
-        rows = sequences(iter_texts(args.data), tokenizer, args.max_length, concat=args.concat,
-                         max_docs=args.max_docs)  # fmt: skip
-        models = {path: load_pretrained(path) for path in [args.checkpoint, args.compare] if path}
-        for path, model in models.items():
-            if model.config.vocab_size != tokenizer.vocab_size:
-                raise CheckpointError(
-                    f"{path} has a vocabulary of {model.config.vocab_size}, the tokenizer "
-                    f"{tokenizer.vocab_size}: compare models trained with the same tokenizer"
-                )
+        rows = sequences(
+            iter_texts(args.data),
+            tokenizer,
+            args.max_length,
+            concat=args.concat,
+            max_docs=args.max_docs,
+        )
+        models = {
+            path: load_pretrained(path, allow_unverified=args.allow_unverified)
+            for path in [args.checkpoint, args.compare]
+            if path
+        }
+        for model in models.values():
+            check_tokenizer(tokenizer, model.config.vocab_size)
         points = positions(args.max_length, args.first)
         curves = {
             _label(path, model): {
@@ -69,14 +95,13 @@ def main(argv=None) -> dict:
                     batch_size=args.batch_size,
                     prefill_chunk=args.prefill_chunk,
                 ),
-            }  # fmt: skip
+            }
             for path, model in models.items()
         }
-    results = {"max_length": args.max_length, "documents": len(rows), "curves": curves}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    plot(curves, out.with_suffix(".png"))
+        results = {"max_length": args.max_length, "documents": len(rows), "curves": curves}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+        plot(curves, out.with_suffix(".png"))
     for name, curve in curves.items():
         cells = ", ".join(f"{p}: {v:.3f}" for p, v in zip(curve["positions"], curve["nll"]))
         print(f"{name}: {cells}")

@@ -126,7 +126,10 @@ class Tokenizer:
         return self._processor.encode(list(texts), num_threads=num_threads)
 
     def decode(self, ids: Iterable[SupportsIndex]) -> str:
-        return self._processor.decode([int(i) for i in ids])
+        """The text of `ids`; ids past the tokenizer (padding rows of a model vocabulary larger
+        than it, which training never targets) decode to nothing."""
+        size = self.vocab_size
+        return self._processor.decode([int(i) for i in ids if 0 <= int(i) < size])
 
     @property
     def vocab_size(self) -> int:
@@ -145,6 +148,16 @@ class Tokenizer:
         """The model's pad id; models without one (e.g. LLaMA's) pad with eos."""
         pad = self._processor.pad_id()
         return pad if pad >= 0 else self.eos_id
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the model bytes to `path` atomically (a temporary file renamed over it); a
+        file already holding these bytes is left alone (it may be the very file loaded)."""
+        path = Path(path)
+        if path.is_file() and path.read_bytes() == self._proto:
+            return
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_bytes(self._proto)
+        os.replace(temporary, path)
 
     def __reduce__(self):  # pickles as the model bytes, for grain worker processes
         return (Tokenizer, (self._proto, self.path))

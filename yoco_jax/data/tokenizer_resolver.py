@@ -25,8 +25,8 @@ def find_tokenizer(checkpoint=None, vocab_size: int | None = None, path=None):
     """The tokenizer for a model, or None when none is known.
 
     `path` (explicit: a .model path or "demo") wins, else `<checkpoint>/tokenizer.model`. With
-    `vocab_size`, a tokenizer of another size is an error (its ids would not match the model's
-    embedding rows).
+    `vocab_size`, a tokenizer larger than the model's vocabulary is an error (see
+    check_tokenizer).
     """
     if path is None and checkpoint is not None:
         path = Path(checkpoint) / TOKENIZER_FILE
@@ -41,13 +41,15 @@ def find_tokenizer(checkpoint=None, vocab_size: int | None = None, path=None):
 
 
 def check_tokenizer(tokenizer, vocab_size: int) -> None:
-    """Raises unless the tokenizer has exactly the model's `vocab_size` pieces."""
-    if tokenizer.vocab_size != vocab_size:
+    """Raises when the tokenizer has more pieces than the model's `vocab_size` (its ids would
+    index past the embedding). Fewer is allowed, as training allows it: the extra rows are
+    padding that the tokenizer never produces."""
+    if tokenizer.vocab_size > vocab_size:
         name = tokenizer.path or "(in memory)"
         raise ValueError(
             f"tokenizer {name} has {tokenizer.vocab_size} pieces but the model's "
-            f"vocabulary has {vocab_size}: use the tokenizer the model was trained with (the "
-            f"{TOKENIZER_FILE} of its run folder)"
+            f"vocabulary has only {vocab_size}: use the tokenizer the model was trained with "
+            f"(the {TOKENIZER_FILE} of its run folder)"
         )
 
 

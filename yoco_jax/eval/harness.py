@@ -39,7 +39,7 @@ def task_manager(tasks: list[str], include_path: str | None):
             raise FileNotFoundError(f"--include_path {include_path} is not a folder")
         local = TaskManager(include_path=include_path, include_defaults=False)
         if all(local.match_tasks([t]) for t in tasks):
-            return local
+            return _loadable(local, tasks)
     manager = TaskManager(include_path=include_path)
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
@@ -48,6 +48,22 @@ def task_manager(tasks: list[str], include_path: str | None):
             f"unknown task(s) {', '.join(unknown)}: not an lm-eval task{where}; list them with "
             "`lm_eval ls tasks`, or pass --include_path DIR holding your task YAML"
         )
+    return _loadable(manager, tasks)
+
+
+def _loadable(manager, tasks: list[str]):
+    """`manager`, once lm-eval has built every task (datasets read, docs checked): a task it
+    cannot build is a ValueError here, before the model loads, not lm-eval's bare
+    StopIteration (an empty data file) or IndexError (an empty answer choice) later."""
+    try:
+        manager.load(tasks)
+    except Exception as e:  # lm-eval and datasets raise many kinds for a bad task
+        detail = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ValueError(
+            f"lm-eval cannot build the task(s) {', '.join(tasks)} ({type(e).__name__}: "
+            f"{detail}): check each task's data file holds documents and its answer choices "
+            "are non-empty"
+        ) from e
     return manager
 
 
@@ -58,17 +74,34 @@ def check_limit(limit) -> None:
         )
 
 
-def evaluate(lm, tasks: list[str], *, include_path=None, manager=None, num_fewshot=None,
-             limit=None, log_samples=False, seed=0) -> dict:  # fmt: skip
+def evaluate(
+    lm,
+    tasks: list[str],
+    *,
+    include_path=None,
+    manager=None,
+    num_fewshot=None,
+    limit=None,
+    log_samples=False,
+    seed=0,
+) -> dict:
     """lm_eval.simple_evaluate on an LM object (e.g. YocoLM) -> its results dict."""
     lm_eval, _ = import_lm_eval()
     check_limit(limit)
     manager = manager or task_manager(tasks, include_path)
     return lm_eval.simple_evaluate(
-        model=lm, tasks=tasks, num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-        log_samples=log_samples, random_seed=seed, numpy_random_seed=seed,
-        torch_random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
-    )  # fmt: skip
+        model=lm,
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        log_samples=log_samples,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+        bootstrap_iters=0,
+    )
 
 
 def write_results(results: dict, out: Path, log_samples: bool) -> list[Path]:

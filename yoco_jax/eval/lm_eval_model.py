@@ -1,7 +1,10 @@
 """The lm-evaluation-harness model "yoco-jax" (importing this module registers it).
 
-    import yoco_jax.eval.lm_eval_model  # then: lm_eval --model yoco-jax --model_args ...
+    import yoco_jax.eval.lm_eval_model  # then lm_eval.simple_evaluate(model="yoco-jax", ...)
     lm = YocoLM(checkpoint="runs/demo", batch_size=16)
+
+lm-eval's own `lm_eval` command cannot find models of other packages (lm-eval 0.4 has no plugin
+entry point): on the command line use `yoco-eval` (yoco_jax/cli/harness.py).
 
 - `loglikelihood`: context + continuation scored in batches (bucketed shapes, see
   `yoco_jax.eval.scoring`); the exact sum of the continuation's token log-probabilities and
@@ -9,8 +12,8 @@
 - `loglikelihood_rolling`: the whole document after one EOS (documents follow an EOS in
   training), scored exactly with chunked prefill: never windowed, never truncated.
 - `generate_until`: `yoco_jax.inference.generate` (the jitted decode loop) with the `until`
-  strings matched in the text, `max_gen_toks`, greedy or sampled (`do_sample`, `temperature`,
-  `top_k`, `top_p`).
+  strings matched in the text, `max_gen_toks`, greedy unless `do_sample` is true (then
+  `temperature`, `top_k`, `top_p`), as lm-eval's Hugging Face model decodes.
 
 Only this module (and the harness command) imports lm_eval, an optional extra.
 """
@@ -26,6 +29,7 @@ except ImportError as e:
     raise ImportError(f"the lm-eval model needs lm-eval ({e}): pip install -e '.[eval]'") from e
 from tqdm import tqdm
 
+from yoco_jax.data.tokenizer_resolver import check_tokenizer
 from yoco_jax.errors import CheckpointError
 from yoco_jax.eval.scoring import score_rows
 from yoco_jax.inference.generate import generate
@@ -51,6 +55,7 @@ class YocoLM(TemplateLM):
         max_gen_toks: int = 256,
         seed: int = 0,
         dtype: str | None = None,
+        allow_unverified: bool = False,
         **unused,  # lm_eval passes device / max_batch_size, which do not apply here
     ):
         super().__init__()
@@ -59,7 +64,8 @@ class YocoLM(TemplateLM):
         if (model is None) == (checkpoint is None):
             raise ValueError("give exactly one of checkpoint=PATH or model=Model")
         if model is None:
-            model = load_handle(checkpoint, **({"dtype": dtype} if dtype else {}))
+            overrides = {"dtype": dtype} if dtype else {}
+            model = load_handle(checkpoint, allow_unverified=allow_unverified, **overrides)
         if isinstance(tokenizer, str):
             tokenizer = load_tokenizer(tokenizer)
         self.model = model
@@ -69,11 +75,7 @@ class YocoLM(TemplateLM):
                 f"{checkpoint or 'the model'} carries no tokenizer (no tokenizer.model), and "
                 "lm-eval tasks are text: pass --tokenizer PATH (tokenizer=PATH in model_args)"
             )
-        if self.tok.vocab_size != model.config.vocab_size:
-            raise CheckpointError(
-                f"the tokenizer has {self.tok.vocab_size} pieces but the model's vocabulary "
-                f"{model.config.vocab_size}: pass the tokenizer the model was trained with"
-            )
+        check_tokenizer(self.tok, model.config.vocab_size)
         if str(batch_size).startswith("auto"):
             batch_size = 8
         self.batch_size = int(batch_size)
@@ -81,6 +83,9 @@ class YocoLM(TemplateLM):
             raise ValueError(f"batch_size={batch_size} must be a positive integer")
         self.prefill_chunk = int(prefill_chunk or default_prefill_chunk())
         self.max_gen_toks = int(max_gen_toks)
+        for name in ("prefill_chunk", "max_gen_toks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         self.seed = int(seed)
 
     # --- tokenization (TemplateLM) --------------------------------------------------------
@@ -100,9 +105,12 @@ class YocoLM(TemplateLM):
     def _score(self, rows, disable_tqdm: bool, what: str):
         with tqdm(total=len(rows), disable=disable_tqdm, desc=what) as bar:
             return score_rows(
-                self.model, rows, batch_size=self.batch_size, prefill_chunk=self.prefill_chunk,
+                self.model,
+                rows,
+                batch_size=self.batch_size,
+                prefill_chunk=self.prefill_chunk,
                 progress=bar.update,
-            )  # fmt: skip
+            )
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         """[((context, continuation), context ids, continuation ids)] -> [(sum log p, greedy)]."""
@@ -148,10 +156,17 @@ class YocoLM(TemplateLM):
             for first in range(0, len(encoded), self.batch_size):
                 batch = encoded[first : first + self.batch_size]
                 completions = generate(
-                    self.model, [tokens for _, tokens in batch], max_new, temperature=temperature,
-                    top_k=top_k, top_p=top_p, stop=list(until), seed=self.seed,
-                    tokenizer=self.tok, prefill_chunk=self.prefill_chunk,
-                )  # fmt: skip
+                    self.model,
+                    [tokens for _, tokens in batch],
+                    max_new,
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                    stop=list(until),
+                    seed=self.seed,
+                    tokenizer=self.tok,
+                    prefill_chunk=self.prefill_chunk,
+                )
                 for (i, _), done in zip(batch, completions):
                     out[i] = done.text
                     key = (requests[i].args[0], requests[i].args[1])
@@ -168,8 +183,9 @@ class YocoLM(TemplateLM):
             log.warning("yoco-jax ignores generation settings %s", sorted(unknown))
         until = gen_kwargs.get("until") or []
         until = (until,) if isinstance(until, str) else tuple(until)
-        sample = gen_kwargs.get("do_sample", False)
-        temperature = float(gen_kwargs.get("temperature", 1.0 if sample else 0.0))
-        temperature = temperature if sample or "do_sample" not in gen_kwargs else 0.0
+        # lm-eval's HFLM: a temperature without do_sample decodes greedily (do_sample defaults
+        # to False in Hugging Face's generate), so only do_sample=True samples.
+        sample = gen_kwargs.get("do_sample") is True
+        temperature = float(gen_kwargs.get("temperature", 1.0)) if sample else 0.0
         max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
         return until, max_new, temperature, gen_kwargs.get("top_k"), gen_kwargs.get("top_p")

@@ -3,7 +3,8 @@
 A prompt is the official template around a haystack of filler text in which `needles`
 sentences "The special magic {city} number is: {number}" hide; the question asks for one city's
 number, the asked needle sitting at a given depth (0 = start, 1 = end) and the others at random
-depths. A case scores 1 when the number appears in the model's greedy continuation. Prompts
+depths. A case scores 1 when the number appears, as a whole number (not inside a longer one), in
+the model's greedy continuation. Prompts
 have the asked length in tokens (the haystack is cut token by token, then trimmed until the
 whole prompt fits), or the case is refused. Results over a grid of context lengths x depths
 (x needle counts) go to JSON and a heatmap PNG.
@@ -15,6 +16,7 @@ whole prompt fits), or the case is refused. Results over a grid of context lengt
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,17 +26,17 @@ INTRO = (
 )
 NEEDLE = "The special magic {city} number is: {number}"
 QUESTION = "What is the special magic {city} number? The special magic {city} number is "
-CITIES = (
-    "Chicago", "Yangon", "Antananarivo", "Colombo", "Almaty", "Sydney", "Mexico City", "Seattle",
-    "Lagos", "Amsterdam", "Belgrade", "Cairo", "Baghdad", "Damascus", "Kigali", "Dakar", "Sofia",
-    "Victoria", "Tashkent", "Mumbai", "Barcelona", "Amman", "Toronto", "Bratislava",
-    "Johannesburg", "Thimphu", "Bangkok", "Santiago", "San Francisco", "Paris", "Rabat",
-    "Copenhagen", "Madrid", "Ho Chi Minh City", "Sarajevo", "Delhi", "Istanbul", "Khartoum",
-    "Helsinki", "Doha", "Kuala Lumpur", "Budapest", "Shanghai", "Moscow", "Los Angeles", "Oslo",
-    "Berlin", "Bangalore", "Tokyo", "Melbourne", "Port Louis", "Lisbon", "Nairobi", "Kampala",
-    "Lima", "Maputo", "Vancouver", "Dubai", "Jakarta", "Yerevan", "Beirut", "Athens", "Bucharest",
-    "Brussels", "Tunis", "Astana", "Seoul", "Buenos Aires", "Vienna",
-)  # fmt: skip
+_CITY_LIST = (
+    "Chicago, Yangon, Antananarivo, Colombo, Almaty, Sydney, Mexico City, Seattle, Lagos, "
+    "Amsterdam, Belgrade, Cairo, Baghdad, Damascus, Kigali, Dakar, Sofia, Victoria, "
+    "Tashkent, Mumbai, Barcelona, Amman, Toronto, Bratislava, Johannesburg, Thimphu, "
+    "Bangkok, Santiago, San Francisco, Paris, Rabat, Copenhagen, Madrid, Ho Chi Minh City, "
+    "Sarajevo, Delhi, Istanbul, Khartoum, Helsinki, Doha, Kuala Lumpur, Budapest, Shanghai, "
+    "Moscow, Los Angeles, Oslo, Berlin, Bangalore, Tokyo, Melbourne, Port Louis, Lisbon, "
+    "Nairobi, Kampala, Lima, Maputo, Vancouver, Dubai, Jakarta, Yerevan, Beirut, Athens, "
+    "Bucharest, Brussels, Tunis, Astana, Seoul, Buenos Aires, Vienna"
+)
+CITIES = tuple(_CITY_LIST.split(", "))
 # The classic passkey filler (one sentence a line: fine-grained lengths), when no text is given.
 FILLER = "\n".join(
     ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go."]
@@ -112,6 +114,25 @@ def make_case(
     )
 
 
+def found(number: str, prediction: str) -> bool:
+    """Whether `number` appears in `prediction` as a whole number ("123" is not in "41234")."""
+    return re.search(rf"(?<!\d){re.escape(number)}(?!\d)", prediction) is not None
+
+
+def check_grid(lengths, depths, needle_counts, trials) -> None:
+    """Raises ValueError naming the first bad setting (the CLI flag of the same name)."""
+    problems = [
+        ("lengths", lengths, "positive token counts, e.g. 256,512", lambda x: x >= 1),
+        ("depths", depths, "fractions in [0, 1], or a count >= 1", lambda x: 0 <= x <= 1),
+        ("needles", needle_counts, "positive counts, e.g. 1,2,4,8", lambda x: x >= 1),
+    ]
+    for name, values, want, ok in problems:
+        if not values or not all(ok(v) for v in values):
+            raise ValueError(f"--{name} {','.join(map(str, values))}: give {want}")
+    if trials < 1:
+        raise ValueError(f"--trials {trials}: give a positive count of cases per cell")
+
+
 def evaluate(
     answer: Answerer,
     haystack: Haystack,
@@ -122,6 +143,7 @@ def evaluate(
     seed: int = 0,
 ) -> dict:
     """Scores [len(lengths)][len(depths)] (the fraction of trials answered) and every sample."""
+    check_grid(lengths, depths, [needles], trials)
     rng = random.Random(seed)
     scores, samples = [], []
     for length in lengths:
@@ -129,19 +151,31 @@ def evaluate(
         for depth in depths:
             cases = [make_case(haystack, length, depth, needles, rng) for _ in range(trials)]
             predictions = answer([prompt for prompt, _ in cases])
-            correct = [key in pred for (_, key), pred in zip(cases, predictions)]
+            correct = [found(key, pred) for (_, key), pred in zip(cases, predictions)]
             row.append(sum(correct) / trials)
             samples += [
-                {"context_length": length, "depth": depth, "prompt_tokens": haystack.count(p),
-                 "answer": key, "prediction": pred, "correct": ok}
+                {
+                    "context_length": length,
+                    "depth": depth,
+                    "prompt_tokens": haystack.count(p),
+                    "answer": key,
+                    "prediction": pred,
+                    "correct": ok,
+                }
                 for (p, key), pred, ok in zip(cases, predictions, correct)
-            ]  # fmt: skip
+            ]
         scores.append(row)
     mean = sum(map(sum, scores)) / (len(lengths) * len(depths))
     return {
-        "needles": needles, "trials": trials, "seed": seed, "context_lengths": list(lengths),
-        "depths": list(depths), "scores": scores, "mean_score": mean, "samples": samples,
-    }  # fmt: skip
+        "needles": needles,
+        "trials": trials,
+        "seed": seed,
+        "context_lengths": list(lengths),
+        "depths": list(depths),
+        "scores": scores,
+        "mean_score": mean,
+        "samples": samples,
+    }
 
 
 def evaluate_needles(
@@ -155,18 +189,22 @@ def evaluate_needles(
 ) -> dict:
     """`evaluate` for each needle count; accuracy[n][l] = mean over depths and trials of
     (needle_counts[n], lengths[l]); runs[str(N)] holds each count's full results."""
+    check_grid(lengths, depths, needle_counts, trials)
     runs = {
         str(n): evaluate(answer, haystack, lengths, depths, n, trials, seed + i)
         for i, n in enumerate(needle_counts)
     }
-    accuracy = [
-        [sum(row) / len(row) for row in runs[str(n)]["scores"]] for n in needle_counts
-    ]  # fmt: skip
+    accuracy = [[sum(row) / len(row) for row in runs[str(n)]["scores"]] for n in needle_counts]
     return {
-        "needles": list(needle_counts), "context_lengths": list(lengths), "depths": list(depths),
-        "trials": trials, "seed": seed, "accuracy": accuracy,
-        "mean_score": sum(map(sum, accuracy)) / (len(lengths) * len(needle_counts)), "runs": runs,
-    }  # fmt: skip
+        "needles": list(needle_counts),
+        "context_lengths": list(lengths),
+        "depths": list(depths),
+        "trials": trials,
+        "seed": seed,
+        "accuracy": accuracy,
+        "mean_score": sum(map(sum, accuracy)) / (len(lengths) * len(needle_counts)),
+        "runs": runs,
+    }
 
 
 def _heatmap(matrix, rows: list[str], lengths: Sequence[int], ylabel: str, title: str, path):

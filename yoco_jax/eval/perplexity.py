@@ -19,12 +19,20 @@ import numpy as np
 from yoco_jax.eval.scoring import score_rows
 
 
-def sequences(texts: Iterable[str], tokenizer, max_length: int, *, concat: bool = False,
-              max_docs: int | None = None) -> list[list[int]]:  # fmt: skip
+def sequences(
+    texts: Iterable[str],
+    tokenizer,
+    max_length: int,
+    *,
+    concat: bool = False,
+    max_docs: int | None = None,
+) -> list[list[int]]:
     """Rows of EOS + `max_length` tokens: the start of every document that long, or (`concat`)
     consecutive pieces of all documents joined by EOS. At most `max_docs` rows."""
     if max_length < 1:
         raise ValueError(f"--max-length {max_length} must be a positive number of tokens")
+    if max_docs is not None and max_docs < 1:
+        raise ValueError(f"--max-docs {max_docs} must be a positive number of rows")
     eos, rows, stream, longest = tokenizer.eos_id, [], [], 0
     for text in texts:
         tokens = tokenizer.encode(text)
@@ -68,6 +76,8 @@ def nll_by_position(
 ) -> list[float]:
     """Mean over rows of the average NLL (nats) of tokens 1..P of each row, for each P
     (`prefill_chunk`: the prefill chunk, default the platform's)."""
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size} must be a positive number of rows")
     scored = score_rows(model, rows, batch_size=batch_size, prefill_chunk=prefill_chunk)
     nll = -np.stack([logp for logp, _ in scored]).astype(np.float64)  # [rows, N]
     cumulative = np.cumsum(nll, axis=1) / np.arange(1, nll.shape[1] + 1)

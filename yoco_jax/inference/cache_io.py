@@ -100,26 +100,25 @@ def load_cache(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"cache file {path} does not exist (write one with save_cache)")
-    with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-        saved = from_dict(meta["config"])
-        if config is not None and config.architecture != saved.architecture:
-            raise ValueError(
-                f"{path} holds the cache of another model ({saved}); it cannot serve {config}"
-            )
-        if params is not None:
-            _check_fingerprint(path, meta.get("params_fingerprint"), params)
-        template = jax.eval_shape(
-            lambda: init_cache(saved, meta["batch"], meta["max_len"], meta["kv_dtype"])
+    meta, data = _read(path)
+    saved = from_dict(meta["config"])
+    if config is not None and config.architecture != saved.architecture:
+        raise ValueError(
+            f"{path} holds the cache of another model ({saved}); it cannot serve {config}"
         )
-        shapes, treedef = jax.tree.flatten(template)
-        leaves = []
-        for i, (like, stored) in enumerate(zip(shapes, meta["dtypes"])):
-            x = data[f"leaf_{i}"].view(jnp.dtype(stored))
-            if x.shape != like.shape:
-                raise ValueError(f"{path} is corrupt: leaf {i} has shape {x.shape}, not {like}")
-            leaves.append(jnp.asarray(x))
-        logits = jnp.asarray(data["logits"]) if "logits" in data else None
+    if params is not None:
+        _check_fingerprint(path, meta.get("params_fingerprint"), params)
+    template = jax.eval_shape(
+        lambda: init_cache(saved, meta["batch"], meta["max_len"], meta["kv_dtype"])
+    )
+    shapes, treedef = jax.tree.flatten(template)
+    leaves = []
+    for i, (like, stored) in enumerate(zip(shapes, meta["dtypes"])):
+        x = data[f"leaf_{i}"].view(jnp.dtype(stored))
+        if x.shape != like.shape:
+            raise ValueError(f"{path} is corrupt: leaf {i} has shape {x.shape}, not {like}")
+        leaves.append(jnp.asarray(x))
+    logits = jnp.asarray(data["logits"]) if "logits" in data else None
     cache = jax.tree.unflatten(treedef, leaves)
     dtype = dtype or (config.dtype if config is not None else None)
     if dtype is not None:
@@ -127,6 +126,23 @@ def load_cache(
     if max_len is not None and max_len > meta["max_len"]:
         cache = resize_cache(cache, max_len)
     return cache, logits, config or saved
+
+
+def _read(path: Path) -> tuple[dict, dict]:
+    """(meta, arrays) of a cache file, or a ValueError when it is truncated or not one."""
+    try:
+        with np.load(path) as data:
+            arrays = {name: data[name] for name in data.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        missing = {"config", "batch", "max_len", "kv_dtype", "dtypes"} - set(meta)
+        if missing:
+            raise KeyError(f"no {', '.join(sorted(missing))} in its metadata")
+        return meta, arrays
+    except Exception as error:  # zipfile, numpy and json raise many kinds for a damaged file
+        raise ValueError(
+            f"{path} is not a readable cache file ({type(error).__name__}: "
+            f"{str(error)[:120]}): save it again with save_cache"
+        ) from None
 
 
 def _check_fingerprint(path, saved: str | None, params) -> None:

@@ -30,6 +30,10 @@ from yoco_jax.serve.prefix import PrefixStore
 from yoco_jax.serve.schema import ApiError, CompletionParams, parse_completion
 
 RETRY_AFTER_S = 1
+# The largest body read, per position of --max-len: a sentencepiece piece is at most 16
+# characters (64 UTF-8 bytes) and a token id in JSON at most 8, so a prompt that fits the
+# context fits this; anything larger is refused (413) before it is read whole or tokenized.
+BODY_BYTES_PER_POSITION, BODY_BYTES_SLACK = 64, 1 << 16
 
 
 def error_response(e: ApiError, headers: dict | None = None) -> JSONResponse:
@@ -37,9 +41,12 @@ def error_response(e: ApiError, headers: dict | None = None) -> JSONResponse:
 
 
 def _usage(result) -> dict:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}  # fmt: skip
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
+    }
 
 
 def _chunk(meta: dict, text: str, finish: str | None, tokens=None) -> dict:
@@ -53,6 +60,30 @@ def _sse(data) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
+async def _read_json(request, limit: int):
+    """The JSON body, read at most `limit` bytes far; an ApiError (413, or 400) otherwise."""
+    too_large = ApiError(
+        f"the request body exceeds {limit} bytes, more than a prompt of the "
+        "server's --max-len needs",
+        None,
+        "body_too_large",
+        413,
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise ApiError(f"the body is not valid JSON ({detail})", None, "bad_json") from None
+
+
 async def _disconnected(request) -> None:
     """Returns when the client goes away (the body was read already)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -62,8 +93,9 @@ async def _disconnected(request) -> None:
 def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = None) -> Starlette:
     """The ASGI app. Its lifespan starts the engine and, at shutdown (SIGTERM in uvicorn, after
     the in-flight requests are answered), drains and stops it."""
-    prefixes = prefixes or PrefixStore(None, engine.model.config)
+    prefixes = prefixes or PrefixStore(None, engine.model)
     tokenizer, vocab = engine.tokenizer, engine.model.config.vocab_size
+    body_limit = BODY_BYTES_PER_POSITION * engine.max_len + BODY_BYTES_SLACK
 
     def build(p: CompletionParams, prefix) -> Request:
         if isinstance(p.prompt, str):
@@ -74,8 +106,8 @@ def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = N
             tokens = p.prompt
             if tokens and (min(tokens) < 0 or max(tokens) >= vocab):
                 raise ApiError(f"token ids must lie in [0, {vocab})", "prompt", "invalid_value")
-        req = Request(tokens, p.max_tokens, p.temperature, p.top_p, p.top_k, p.seed, p.stop,
-                      prefix)  # fmt: skip
+        top_k = 0 if p.top_k >= vocab else p.top_k  # keeping every token is no top-k at all
+        req = Request(tokens, p.max_tokens, p.temperature, p.top_p, top_k, p.seed, p.stop, prefix)
         try:
             engine.check(req)
         except ValueError as e:
@@ -84,11 +116,7 @@ def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = N
 
     async def completions(request):
         try:
-            body = await request.json()
-        except ValueError as e:
-            return error_response(ApiError(f"the body is not valid JSON ({e})", None, "bad_json"))
-        try:
-            p = parse_completion(body)
+            p = parse_completion(await _read_json(request, body_limit))
             prefix = None
             if p.cache is not None:
                 try:
@@ -109,11 +137,16 @@ def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = N
         try:
             engine.submit(req)
         except (QueueFull, Closed) as e:
-            busy = ApiError(f"server busy: {e}; retry later", None, "overloaded", 503,
-                            "server_error")  # fmt: skip
+            busy = ApiError(
+                f"server busy: {e}; retry later", None, "overloaded", 503, "server_error"
+            )
             return error_response(busy, {"Retry-After": str(RETRY_AFTER_S)})
-        meta = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-                "created": int(time.time()), "model": model_name}  # fmt: skip
+        meta = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model_name,
+        }
         if p.stream:
             stream = _stream(req, queue, meta, p.include_usage)
             return StreamingResponse(stream, media_type="text/event-stream")
@@ -155,14 +188,20 @@ def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = N
             getter.cancel()
 
     async def models(request):
-        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "yoco-jax",
-                "max_model_len": engine.max_len}  # fmt: skip
+        card = {
+            "id": model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "yoco-jax",
+            "max_model_len": engine.max_len,
+        }
         return JSONResponse({"object": "list", "data": [card]})
 
     async def health(request):
         waiting, live = engine.load()
-        return JSONResponse({"status": "ok", "queue_depth": waiting, "live_slots": live,
-                             "slots": engine.slots})  # fmt: skip
+        return JSONResponse(
+            {"status": "ok", "queue_depth": waiting, "live_slots": live, "slots": engine.slots}
+        )
 
     async def metrics(request):
         text = engine.metrics.render(*engine.load())

@@ -1,8 +1,10 @@
 """Saved prompt caches ("cache once" files of `save_cache`) that requests continue from.
 
 A request names a file relative to the server's --cache-dir; names that lead outside it are
-refused. Loaded caches stay in a small LRU keyed by path and modification time, so a document
-asked many questions is read from disk once.
+refused, and so is a cache another model or other weights made (the fingerprint `save_cache(...,
+params=)` records is compared with the served weights, as `load_cache(params=)` does). Loaded
+caches stay in a small LRU keyed by path and modification time, so a document asked many
+questions is read from disk once.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from yoco_jax.inference.cache_io import load_cache
 
 
 class PrefixStore:
-    def __init__(self, cache_dir, config, keep: int = 8):
+    """The saved caches under `cache_dir` (None: none) that `model` (config + params) may use."""
+
+    def __init__(self, cache_dir, model, keep: int = 8):
         self.root = None if cache_dir is None else Path(cache_dir).resolve()
-        self.config, self.keep = config, keep
+        self.model, self.keep = model, keep
         self._lru: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
@@ -43,7 +47,7 @@ class PrefixStore:
             if key in self._lru:
                 self._lru.move_to_end(key)
                 return self._lru[key]
-        cache, logits, _ = load_cache(path, self.config)
+        cache, logits, _ = load_cache(path, self.model.config, params=self.model.params)
         rows = cache.lengths.shape[0]
         if rows != 1:
             raise ValueError(f"cache {name!r} holds {rows} rows: save the cache of one prompt")

@@ -15,16 +15,32 @@ import secrets
 class ApiError(Exception):
     """An error answered as {"error": {"message", "type", "param", "code"}} with `status`."""
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None,
-                 status: int = 400, kind: str = "invalid_request_error"):  # fmt: skip
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.message, self.param, self.code, self.status, self.kind = (
-            message, param, code, status, kind,
-        )  # fmt: skip
+            message,
+            param,
+            code,
+            status,
+            kind,
+        )
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
-                          "code": self.code}}  # fmt: skip
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 @dataclasses.dataclass
@@ -79,16 +95,38 @@ def _prompt(x, cached: bool):
         x = x[0]  # a batch of one
     if isinstance(x, (str, list)) and not x and not cached:
         raise ApiError("prompt is empty: give some text or token ids", "prompt", "empty")
-    if isinstance(x, str) or (isinstance(x, list) and all(type(t) is int for t in x)):
+    if isinstance(x, str):
+        return _unicode(x, "prompt")
+    if isinstance(x, list) and all(type(t) is int for t in x):
         return x
-    raise ApiError("prompt must be a non-empty string or a non-empty list of token ids "
-                   "(one prompt per request)", "prompt", "invalid_type")  # fmt: skip
+    raise ApiError(
+        "prompt must be a non-empty string or a non-empty list of token ids "
+        "(one prompt per request)",
+        "prompt",
+        "invalid_type",
+    )
+
+
+def _unicode(text: str, name: str) -> str:
+    """`text`, unless it holds a lone surrogate (valid JSON, but no text to encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(
+            f"{name} holds a lone surrogate ({text[e.start]!r} at character "
+            f"{e.start}): send valid Unicode",
+            name,
+            "invalid_value",
+        ) from None
+    return text
 
 
 def _stop(x) -> tuple[str, ...]:
     stops = () if x is None else (x,) if isinstance(x, str) else x
     if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
         raise ApiError("stop must be a string or a list of non-empty strings", "stop")
+    for s in stops:
+        _unicode(s, "stop")
     if len(stops) > 4:
         raise ApiError(f"stop holds {len(stops)} strings; at most 4 are allowed", "stop")
     return tuple(stops)
@@ -103,14 +141,16 @@ def parse_completion(body) -> CompletionParams:
             raise ApiError(f"unknown field {name!r}", name, "unknown_field")
     for name, allowed in NEUTRAL.items():
         if name in body and body[name] not in allowed:
-            raise ApiError(f"{name}={body[name]!r} is not supported by this server", name,
-                           "unsupported")  # fmt: skip
+            raise ApiError(
+                f"{name}={body[name]!r} is not supported by this server", name, "unsupported"
+            )
     if "prompt" not in body:
         raise ApiError("prompt is required", "prompt", "missing")
     temperature = _number(body, "temperature", 1.0)
     if temperature < 0:
-        raise ApiError(f"temperature={temperature} must be >= 0 (0 = greedy)", "temperature",
-                       "invalid_value")  # fmt: skip
+        raise ApiError(
+            f"temperature={temperature} must be >= 0 (0 = greedy)", "temperature", "invalid_value"
+        )
     top_p = _number(body, "top_p", 1.0)
     if not 0 < top_p <= 1:
         raise ApiError(f"top_p={top_p} must lie in (0, 1]", "top_p", "invalid_value")
@@ -121,8 +161,10 @@ def parse_completion(body) -> CompletionParams:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
         raise ApiError('stream_options must be {"include_usage": bool}', "stream_options")
-    for name, value in [("stream", body.get("stream", False)),
-                        ("include_usage", options.get("include_usage", False))]:  # fmt: skip
+    for name, value in [
+        ("stream", body.get("stream", False)),
+        ("include_usage", options.get("include_usage", False)),
+    ]:
         if not isinstance(value, bool):
             raise ApiError(f"{name} must be true or false, got {value!r}", name, "invalid_type")
     for name in ("cache", "model", "user"):
@@ -130,9 +172,15 @@ def parse_completion(body) -> CompletionParams:
             raise ApiError(f"{name} must be a string", name, "invalid_type")
     prompt = _prompt(body["prompt"], body.get("cache") is not None)
     return CompletionParams(
-        prompt=prompt, max_tokens=_int(body, "max_tokens", 16, 1),
-        temperature=temperature, top_p=top_p, top_k=max(_int(body, "top_k", 0, -1), 0),
-        seed=seed, stop=_stop(body.get("stop")), stream=body.get("stream", False),
-        include_usage=options.get("include_usage", False), cache=body.get("cache"),
+        prompt=prompt,
+        max_tokens=_int(body, "max_tokens", 16, 1),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=max(_int(body, "top_k", 0, -1), 0),
+        seed=seed,
+        stop=_stop(body.get("stop")),
+        stream=body.get("stream", False),
+        include_usage=options.get("include_usage", False),
+        cache=body.get("cache"),
         model=body.get("model"),
-    )  # fmt: skip
+    )

@@ -29,7 +29,6 @@ import orbax.checkpoint as ocp
 from yoco_jax.config import ARCHITECTURE_FIELDS
 from yoco_jax.errors import CheckpointError
 from yoco_jax.model.scan import is_stacked, to_layout
-from yoco_jax.sharding import unbox
 from yoco_jax.train.checksums import json_checksum, tree_checksums, verify
 from yoco_jax.train.damage import CheckpointWarning, brief, listed, quiet_failed_restores
 
@@ -85,7 +84,7 @@ class Checkpointer:
         abstract_state: jax.ShapeDtypeStruct leaves carrying the target shardings, in either
         layer layout (model/scan.py): a checkpoint saved in the other one is converted.
         """
-        checked = _has_checksums(self.directory, step)
+        checked = has_checksums(self.directory, step)
         saved_scanned = bool(self.read_config(step).get("model", {}).get("scan_layers", False))
         target, abstract_state = abstract_state, to_layout(abstract_state, saved_scanned)
         restored = self.manager.restore(
@@ -199,83 +198,7 @@ def check_compatible(saved_model: dict, model_config) -> None:
         )
 
 
-def load_params(output_dir: str, step: int | None = None):
-    """(ModelConfig, params) of a training run's checkpoint, params only (no optimizer state),
-    as float32 arrays on the default device, checked against the checkpoint's checksums.
-
-    step: None = the newest intact step (damaged newer ones are skipped with a
-    CheckpointWarning naming them); an explicit step that is damaged raises CheckpointError.
-    Reads only: nothing is created or moved in `output_dir`."""
-    directory = checkpoint_directory(output_dir)
-    steps = []
-    if os.path.isdir(directory):
-        with _reader(directory) as manager:
-            steps = sorted(manager.all_steps(), reverse=True)
-    if not steps or (step is not None and step not in steps):
-        raise FileNotFoundError(
-            f"no checkpoint {'' if step is None else f'step {step} '}in {directory} "
-            f"(available steps: {sorted(steps)})"
-        )
-    damaged = []
-    quiet_failed_restores()
-    for candidate in steps if step is None else [step]:
-        try:
-            loaded = _load_params(directory, candidate)
-        except Exception as error:  # orbax raises many kinds for missing or garbled files
-            damaged.append((candidate, error))
-            continue
-        for bad, error in damaged:
-            warnings.warn(
-                f"checkpoint step {bad} in {directory} is damaged ({brief(error)}); loading "
-                f"step {candidate} instead",
-                CheckpointWarning,
-                stacklevel=2,
-            )
-        return loaded
-    raise CheckpointError(
-        f"{'every checkpoint' if step is None else f'checkpoint step {step}'} in {directory} is "
-        f"damaged ({listed(damaged)})"
-    )
-
-
-def _load_params(directory: str, step: int):
-    from yoco_jax.config import from_dict
-    from yoco_jax.model import build_model
-
-    with _reader(directory) as manager:
-        config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-        model_config = from_dict(config["config"]["model"])
-        module = build_model(model_config)
-        boxed = jax.eval_shape(module.init, jax.random.key(0), jax.numpy.zeros((1, 8), np.int32))
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-            unbox(boxed["params"]),
-        )
-        checked = _has_checksums(directory, step)
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={"params": abstract},
-                    restore_args=ocp.checkpoint_utils.construct_restore_args({"params": abstract}),
-                    partial_restore=True,
-                ),
-                **({"checksums": ocp.args.JsonRestore()} if checked else {}),
-            ),
-        )
-    params = restored["state"]["params"]
-    if checked:
-        expected = restored["checksums"]["state"]["params"]
-        verify(expected, tree_checksums(params), f"checkpoint step {step} params")
-    return model_config, params
-
-
-def _reader(directory: str) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-
-
-def _has_checksums(directory: str, step: int) -> bool:
+def has_checksums(directory: str, step: int) -> bool:
     """Checkpoints saved before checksums existed are restored unchecked."""
     return os.path.isdir(os.path.join(directory, str(step), "checksums"))
 

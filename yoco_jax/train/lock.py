@@ -21,7 +21,7 @@ import jax
 LOCK_FILE = "run.lock"
 
 
-class RunInUseError(OSError):
+class RunInUseError(FileExistsError):
     """Another run holds the output folder; the message names its process and host."""
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import shutil
 import warnings
 
 import jax
@@ -16,13 +15,14 @@ from yoco_jax import sharding
 from yoco_jax.data.tokenizer_resolver import TOKENIZER_FILE, load_tokenizer
 from yoco_jax.errors import ConfigError
 from yoco_jax.train.batches import GlobalBatches
-from yoco_jax.train.checkpoint import DAMAGED_DIR, Checkpointer, check_compatible
+from yoco_jax.train.checkpoint import Checkpointer, check_compatible
 from yoco_jax.train.config import TrainConfig
 from yoco_jax.train.lock import RunLock
 from yoco_jax.train.logging import MetricsLogger
 from yoco_jax.train.memory import check_memory
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
 from yoco_jax.train.run import Run
+from yoco_jax.train.run_folder import clear_run, inputs, portable, save_tokenizer
 from yoco_jax.train.signals import StopSignal
 from yoco_jax.train.step import Trainer
 
@@ -40,7 +40,7 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
         )
     with RunLock(config.output_dir):  # before anything in the folder is read or written
         if restart:
-            _clear_run(config.output_dir, restart=True)
+            clear_run(config.output_dir, restart=True, keep=inputs(config))
         return _train(config, model_config, tokenizer)
 
 
@@ -83,17 +83,22 @@ def _train_in_mesh(config: TrainConfig, model_config, tokenizer, mesh) -> dict:
     )
     resumed = _resume(config, model_config, tokenizer, trainer, checkpointer, batches)
     if resumed is None:  # logs of a run stopped before its first checkpoint belong to nothing
-        _clear_run(config.output_dir, restart=False)
+        clear_run(config.output_dir, restart=False, keep=inputs(config))
         start, state = 0, trainer.init(config.seed)
     else:
         start, state = resumed
-    saved_config = {"model": dataclasses.asdict(model_config), "train": config.to_dict(),
-                    "tokenizer": _save_tokenizer(tokenizer, config.output_dir)}  # fmt: skip
+    saved_config = {
+        "model": dataclasses.asdict(model_config),
+        "train": portable(config.to_dict(), config.output_dir),
+        "tokenizer": save_tokenizer(tokenizer, config.output_dir),
+    }
     _announce(config, model_config, trainer, state, mesh, start)
     logger = MetricsLogger(config.output_dir, start)  # drops what was logged after `start`
     if start == config.steps:
-        _print(f"nothing to do: the run in {config.output_dir} is already at steps={start} "
-               "(raise steps to train longer)")  # fmt: skip
+        _print(
+            f"nothing to do: the run in {config.output_dir} is already at steps={start} "
+            "(raise steps to train longer)"
+        )
         logger.close()
         checkpointer.close()
         return {}
@@ -140,8 +145,11 @@ def _mesh(config: TrainConfig):
     """The device mesh; a layout that does not fit the devices is a config error (exit 2)."""
     try:
         mesh = sharding.make_mesh(config.mesh)
-        sharding.check_batch_divides(config.batch_size // config.grad_accum, mesh,
-                                     "the micro-batch (batch_size / grad_accum)")  # fmt: skip
+        sharding.check_batch_divides(
+            config.batch_size // config.grad_accum,
+            mesh,
+            "the micro-batch (batch_size / grad_accum)",
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return mesh
@@ -164,10 +172,11 @@ def _resume(config, model_config, tokenizer, trainer, checkpointer, batches):
     if found is None:
         return None
     step, state, data_state, saved = found
-    before, now = saved["train"]["data"]["path"], config.to_dict()["data"]["path"]
-    if before != now:
+    before, given = saved["train"]["data"]["path"], config.to_dict()["data"]["path"]
+    now = portable(config.to_dict(), config.output_dir)["data"]["path"]
+    if before not in (now, given):  # older checkpoints stored the path as given
         warnings.warn(
-            f"resuming step {step} of {config.output_dir} with data.path={now!r}, but it was "
+            f"resuming step {step} of {config.output_dir} with data.path={given!r}, but it was "
             f"trained on {before!r}: the new data is read from its start",
             stacklevel=2,
         )
@@ -178,17 +187,16 @@ def _resume(config, model_config, tokenizer, trainer, checkpointer, batches):
 
 def _check_tokenizer(saved, tokenizer, output_dir: str) -> None:
     """The checkpoint's tokenizer (its sha256; older runs: the folder's copy) must be this one."""
+    copy = os.path.join(output_dir, TOKENIZER_FILE)
     if isinstance(saved, dict):
-        path, sha256 = saved["path"], saved["sha256"]
+        path, sha256 = os.path.join(output_dir, saved["path"]), saved["sha256"]
     else:
-        path = os.path.join(output_dir, TOKENIZER_FILE)
-        sha256 = _file_sha256(path)
+        path, sha256 = copy, _file_sha256(copy)
     if sha256 and sha256 != tokenizer.sha256:
         raise ValueError(
             f"the checkpoint in {output_dir} was trained with the tokenizer {path} (sha256 "
             f"{sha256[:12]}), not {tokenizer.path} (sha256 {tokenizer.sha256[:12]}): resume with "
-            f"tokenizer={os.path.join(output_dir, TOKENIZER_FILE)} (its copy), or start over "
-            "with --restart (or another output_dir)"
+            f"tokenizer={copy} (its copy), or start over with --restart (or another output_dir)"
         )
 
 
@@ -202,8 +210,10 @@ def _save_after_error(run, checkpointer, saved: int, data_state: dict, saved_con
         if run.done > saved:
             checkpointer.save(run.done, run.state, data_state, saved_config)
             checkpointer.wait()
-            _print(f"error after step {run.done}: saved it in {checkpointer.directory}; fix "
-                   "the cause and run the same command to resume")  # fmt: skip
+            _print(
+                f"error after step {run.done}: saved it in {checkpointer.directory}; fix "
+                "the cause and run the same command to resume"
+            )
     except Exception as error:  # the original error is what the user needs to see
         _print(f"error after step {run.done}; could not save it either ({error})")
 
@@ -222,40 +232,11 @@ def _batches(config: TrainConfig, tokenizer, trainer: Trainer, split, sources) -
     )
 
 
-def _save_tokenizer(tokenizer, output_dir: str) -> dict:
-    """Copies the tokenizer into the run folder (so the folder alone is enough to sample);
-    returns what the checkpoints record of it."""
-    target = os.path.join(os.path.abspath(output_dir), TOKENIZER_FILE)
-    if jax.process_index() == 0 and tokenizer.path and _file_sha256(target) != tokenizer.sha256:
-        os.makedirs(output_dir, exist_ok=True)
-        shutil.copyfile(tokenizer.path, target + ".tmp")
-        os.replace(target + ".tmp", target)
-    return {"path": target, "source": tokenizer.path, "sha256": tokenizer.sha256}
-
-
 def _file_sha256(path: str) -> str | None:
     if not os.path.isfile(path):
         return None
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def _clear_run(output_dir: str, restart: bool) -> None:
-    """Removes the logs and tokenizer of an earlier run in `output_dir`, and with --restart its
-    checkpoints too."""
-    names = ["tb", "metrics.jsonl", TOKENIZER_FILE, "config.yaml"]
-    names += ["checkpoints", DAMAGED_DIR] if restart else []
-    if jax.process_index() == 0:
-        for name in names:
-            path = os.path.join(output_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("yoco_jax clear run")
 
 
 def _announce(config, model_config, trainer, state, mesh, start) -> None:
