@@ -77,7 +77,7 @@ def test_a_top_k_beyond_the_vocabulary_keeps_every_token(server):
 
 
 def _saved_cache(server, name, model, **kw):
-    logits, cache = prefill(model, [[5, 6, 7, 8]], max_len=32, chunk_size=32)
+    logits, cache = prefill(model, [[5, 6, 7, 8]], max_len=32, prefill_chunk=32)
     return save_cache(server.cache_dir / name, cache, model.config, logits, **kw)
 
 

@@ -117,7 +117,9 @@ class Engine:
         with self._cv:
             if not self._accepting:
                 raise Closed("the server is shutting down")
-            if len(self._waiting) >= self.queue_limit:
+            # Requests the free slots take at the next step are not waiting: a burst fills
+            # the slots first, then --queue-limit more.
+            if len(self._waiting) >= self.queue_limit + len(self._free):
                 self.metrics.finished("rejected")
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting")
             req.submitted_at = time.monotonic()
