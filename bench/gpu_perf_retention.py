@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.attention import _run_timed
 from bench.gpu_perf_cases import _attempt, _model, _prefill_row
-from yoco_jax.kernels.retention_gpu import retention_forward
+from yoco_jax.kernels.retention_gpu import RetentionBlockSizes, retention_forward
 from yoco_jax.ops.retention import chunkwise_retention
 
 FULL = {
@@ -77,9 +77,8 @@ def retention(cfg, deadline, smoke):
             if not deadline.allows(3 if smoke else 8 + length / 32768):
                 yield {**row, "skipped": "time budget"}
                 continue
-            kernel = lambda q, k, v, g, c=chunk, bv=block_v, w=warps: retention_forward(
-                q, k, v, g, chunk_size=c, block_v=bv, num_warps=w
-            )
+            sizes_ = RetentionBlockSizes(chunk=chunk, block_v=block_v, num_warps=warps)
+            kernel = lambda q, k, v, g, s=sizes_: retention_forward(q, k, v, g, block_sizes=s)
             yield _attempt(row, _forward_row, kernel, args, length, reference)
         del args, reference
     yield from _prefill(sizes, deadline, smoke)

@@ -11,7 +11,7 @@ import pytest
 
 import yoco_jax
 from yoco_jax.errors import ConfigError
-from yoco_jax.kernels.retention_gpu import retention_forward
+from yoco_jax.kernels.retention_gpu import RetentionBlockSizes, retention_forward
 from yoco_jax.model import init_cache
 from yoco_jax.ops import retention, retention_kernel
 
@@ -51,9 +51,8 @@ def token_by_token(q, k, v, log_gate, state):
 
 @functools.partial(jax.jit, static_argnames=("chunk_size", "block_v"))
 def kernel(q, k, v, log_gate, state, chunk_size, block_v=64):
-    return retention_forward(
-        q, k, v, log_gate, state, chunk_size=chunk_size, block_v=block_v, interpret=True
-    )
+    sizes = RetentionBlockSizes(chunk=chunk_size, block_v=block_v)
+    return retention_forward(q, k, v, log_gate, state, block_sizes=sizes, interpret=True)
 
 
 def rel(a, b):
@@ -129,7 +128,8 @@ def test_kernel_lowers_for_cuda(dtype):
 
 
 def test_pallas_impl_differentiates_like_xla():
-    """Forward by the kernel, backward by jax.vjp of the XLA form: gradients of every input."""
+    """Forward and backward by the kernels: gradients of every input equal XLA's
+    (tests/test_retention_backward.py tests the backward kernel at more shapes)."""
     q, k, v, g, s0 = inputs(45, "strong", seed=8, dk=16, dv=24)
     cot_out, cot_state = jax.random.normal(jax.random.key(9), v.shape), jnp.ones_like(s0)
 

@@ -103,7 +103,7 @@ class Runtime:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     attention_impl: str = "auto"  # auto: pallas on GPU/TPU, xla on CPU (ops/attention_choice.py)
-    retention_impl: str = "xla"  # pallas: Triton kernel forward, XLA backward (unmeasured yet)
+    retention_impl: str = "xla"  # pallas: Triton kernels (unmeasured yet: ops/retention_kernel)
     remat: str = "none"  # per-layer rematerialization policy
     kernel_backend: str | None = None  # Pallas family: gpu (Triton), tpu (Mosaic); null: device's
     kernel_interpret: bool | None = None  # Pallas interpret mode; null: unless on that device

@@ -3,7 +3,7 @@
 flash_attention: training / prefill (differentiable). decode_attention: few queries against a long
 cache with per-sequence lengths (flash-decoding). chunk_attention: a prefill chunk against a long
 cache (flash forward with a per-sequence query offset). retention_forward: chunkwise gated
-retention with a state in and out (forward only, GPU only: retention_gpu.py).
+retention with a state in and out (GPU only: retention_gpu.py; its VJP retention_gpu_backward.py).
 Signatures: docs/architecture.md.
 """
 

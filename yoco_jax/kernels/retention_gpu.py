@@ -34,10 +34,12 @@ the GPU Triton's default float32 dot is TF32, as XLA's default precision on GPUs
 The wrapper pads T to a multiple of C with zero q, k, v and zero log gates (the state is
 unchanged by them) and Dk, Dv to powers of two >= 16 (zero columns change no dot); the in-chunk
 cumulative gates are computed once in XLA (a `[B, H, T]` float32 array, one cheap pass).
+The backward (same form, same padding) is retention_gpu_backward.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -48,8 +50,21 @@ from jax.experimental.pallas import triton as plgpu
 
 from yoco_jax.kernels.common import fit_block, matmul, pad_axis, resolve_interpret, round_up
 
-DEFAULT_CHUNK = 64
-DEFAULT_BLOCK_V = 64
+
+@dataclasses.dataclass(frozen=True)
+class RetentionBlockSizes:
+    """Tiles of the forward and backward kernels. chunk C and block_v BV are rounded down to
+    powers of two >= 16 that fit the shapes; num_warps: Triton's. Forward: the state slice
+    `[Dk, BV]` f32 plus a chunk's tiles fit the registers at Dk 128, BV 64 with 4 warps. The
+    backward carries the same slice and reads twice the tiles per chunk (dO beside V), hence
+    its smaller default BV. Unmeasured on a GPU: bench/gpu_perf_retention.py sweeps them."""
+
+    chunk: int = 64
+    block_v: int = 64
+    num_warps: int = 4
+    chunk_bwd: int = 64
+    block_v_bwd: int = 32
+    num_warps_bwd: int = 4
 
 
 def _kernel(q_ref, k_ref, v_ref, cum_ref, s0_ref, o_ref, s_ref, *, chunk, scale):
@@ -77,11 +92,42 @@ def _kernel(q_ref, k_ref, v_ref, cum_ref, s0_ref, o_ref, s_ref, *, chunk, scale)
     s_ref[...] = lax.fori_loop(0, num_chunks, step, s0_ref[...])
 
 
-def _in_chunk_cumsum(log_gate, chunk):
+def in_chunk_cumsum(log_gate, chunk):
     """log_gate `[B, T, H]` (T a multiple of chunk) -> in-chunk cumulative sums `[B, H, T]` f32."""
     b, t, h = log_gate.shape
     cum = jnp.cumsum(log_gate.astype(jnp.float32).reshape(b, t // chunk, chunk, h), axis=2)
     return cum.reshape(b, t, h).transpose(0, 2, 1)
+
+
+def tiles(t, dk, dv, chunk, block_v):
+    """(C, BV, padded (T, Dk, Dv)) for the requested chunk and value block (module docstring)."""
+    chunk = fit_block(1 << (max(chunk, 16).bit_length() - 1), t)
+    dk_to, dv_to = fit_block(1 << 30, dk), fit_block(1 << 30, dv)
+    bv = min(fit_block(1 << (max(block_v, 16).bit_length() - 1), dv), dv_to)
+    return chunk, bv, (round_up(t, chunk), dk_to, dv_to)
+
+
+def pad_inputs(q, k, v, log_gate, chunk, t_to, dk_to, dv_to):
+    """q, k, v padded to `[B, t_to, H, dk_to | dv_to]` and the in-chunk cumulative gates."""
+    q, k = (pad_axis(pad_axis(x, 1, t_to), 3, dk_to) for x in (q, k))
+    v = pad_axis(pad_axis(v, 1, t_to), 3, dv_to)
+    return q, k, v, in_chunk_cumsum(pad_axis(log_gate, 1, t_to), chunk)
+
+
+def pad_state(state, dk_to, dv_to):
+    return pad_axis(pad_axis(state.astype(jnp.float32), 2, dk_to), 3, dv_to)
+
+
+def cost(b, h, t, chunk, dk, dv, bv, itemsize, passes):
+    """pl.CostEstimate of `passes` sweeps over the chunks (forward 1; backward about 3: its two
+    loops recompute the scores) by B x H x Dv / BV programs."""
+    programs = b * h * (dv // bv)
+    per_chunk = 2 * chunk * chunk * (dk + bv) + 4 * chunk * dk * bv
+    return pl.CostEstimate(
+        flops=passes * programs * (t // chunk) * per_chunk,
+        transcendentals=passes * programs * t * (chunk + 2),
+        bytes_accessed=passes * b * h * t * (2 * dk + 2 * dv) * itemsize,
+    )
 
 
 def retention_forward(
@@ -91,19 +137,15 @@ def retention_forward(
     log_gate,
     state=None,
     *,
-    chunk_size: int = DEFAULT_CHUNK,
-    block_v: int = DEFAULT_BLOCK_V,
-    num_warps: int = 4,
+    block_sizes: RetentionBlockSizes | None = None,
     interpret=None,
 ):
     """Gated retention forward by the Triton kernel (see the module docstring).
 
     q, k `[B, T, H, Dk]`, v `[B, T, H, Dv]` (one dtype), log_gate `[B, T, H]` (<= 0), state
     `[B, H, Dk, Dv]` float32 or None (zeros). Returns (out `[B, T, H, Dv]` in v's dtype, the
-    final state `[B, H, Dk, Dv]` float32). chunk_size C and block_v BV are rounded down to
-    powers of two >= 16 that fit the shapes; num_warps: Triton's (4: the state slice `[Dk, BV]`
-    f32 plus a chunk's tiles fit the registers at Dk 128, BV 64); interpret: None interprets
-    unless on a GPU.
+    final state `[B, H, Dk, Dv]` float32). block_sizes: `RetentionBlockSizes` (None: defaults);
+    interpret: None interprets unless on a GPU.
     """
     b, t, h, dk = q.shape
     dv = v.shape[-1]
@@ -120,15 +162,10 @@ def retention_forward(
         state = jnp.zeros((b, h, dk, dv), jnp.float32)
     if state.shape != (b, h, dk, dv):
         raise ValueError(f"retention_forward: state {state.shape} must be {(b, h, dk, dv)}.")
-    chunk = fit_block(1 << (max(chunk_size, 16).bit_length() - 1), t)
-    dk_to, dv_to = fit_block(1 << 30, dk), fit_block(1 << 30, dv)
-    bv = min(fit_block(1 << (max(block_v, 16).bit_length() - 1), dv), dv_to)
-    t_to = round_up(t, chunk)
-
-    q, k = (pad_axis(pad_axis(x, 1, t_to), 3, dk_to) for x in (q, k))
-    v = pad_axis(pad_axis(v, 1, t_to), 3, dv_to)
-    cum = _in_chunk_cumsum(pad_axis(log_gate, 1, t_to), chunk)
-    state = pad_axis(pad_axis(state.astype(jnp.float32), 2, dk_to), 3, dv_to)
+    sizes = block_sizes or RetentionBlockSizes()
+    chunk, bv, (t_to, dk_to, dv_to) = tiles(t, dk, dv, sizes.chunk, sizes.block_v)
+    q, k, v, cum = pad_inputs(q, k, v, log_gate, chunk, t_to, dk_to, dv_to)
+    state = pad_state(state, dk_to, dv_to)
 
     qk_spec = pl.BlockSpec((None, t_to, None, dk_to), lambda b, h, j: (b, 0, h, 0))
     v_spec = pl.BlockSpec((None, t_to, None, bv), lambda b, h, j: (b, 0, h, j))
@@ -143,8 +180,9 @@ def retention_forward(
             jax.ShapeDtypeStruct(v.shape, v.dtype),
             jax.ShapeDtypeStruct(state.shape, jnp.float32),
         ],
-        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=2),
+        compiler_params=plgpu.CompilerParams(num_warps=sizes.num_warps, num_stages=2),
         interpret=resolve_interpret(interpret, "gpu"),
         name="retention_fwd",
+        cost_estimate=cost(b, h, t_to, chunk, dk_to, dv_to, bv, q.dtype.itemsize, passes=1),
     )(q, k, v, cum, state)
     return out[:, :t, :, :dv], final[:, :, :dk, :dv]

@@ -1,11 +1,16 @@
 """Chunkwise gated retention by XLA or by the Pallas kernel: what `retention_impl` selects.
 
 `impl="xla"` is ops/retention.py's `chunkwise_retention`. `impl="pallas"` runs the Triton
-kernel forward (kernels/retention_gpu.py) under a custom VJP whose backward is `jax.vjp` of
-the XLA chunkwise form (recomputing its forward): the model stays differentiable with either
-setting, but a training step under "pallas" pays the kernel forward on top of XLA's, so the
-kernel is meant for prefill and training keeps "xla". The kernel uses its own chunk (64 tokens,
-its tile); `chunk_size` is the XLA form's, used by the backward.
+kernels under a custom VJP: the forward (kernels/retention_gpu.py) and the fused backward
+(kernels/retention_gpu_backward.py, which recomputes the states from the inputs, so the
+residuals are the inputs and the final state). The kernels use their own chunk
+(`RetentionBlockSizes`, their tile); `chunk_size` is the XLA form's.
+
+The default stays "xla" everywhere (config.Runtime.retention_impl, and this module decides
+nothing by platform) until a GPU measurement shows the kernels win: neither the forward nor the
+backward has been timed on a GPU yet (`python -m bench.gpu_perf --out $OUT --groups retention`
+measures both against XLA; docs/benchmarks.md, "Still unmeasured"). Where they win, the choice
+by platform goes here, in one place, as ops/attention_choice.py does for attention.
 
 Only a GPU kernel exists: backend "tpu" raises (a Mosaic TPU kernel is not written), and off a
 GPU the kernel runs interpreted (`interpret` None or True; False raises). Under a mesh the
@@ -24,25 +29,25 @@ from jax.sharding import PartitionSpec as P
 
 from yoco_jax.kernels.common import resolve_backend
 from yoco_jax.kernels.retention_gpu import retention_forward
+from yoco_jax.kernels.retention_gpu_backward import retention_backward
 from yoco_jax.ops.attention import _where_divides
 from yoco_jax.ops.retention import chunkwise_retention
 
 IMPLS = ("xla", "pallas")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _kernel_retention(q, k, v, log_gate, state, chunk_size, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _kernel_retention(q, k, v, log_gate, state, interpret):
     return retention_forward(q, k, v, log_gate, state, interpret=interpret)
 
 
-def _kernel_retention_fwd(q, k, v, log_gate, state, chunk_size, interpret):
-    outputs = _kernel_retention(q, k, v, log_gate, state, chunk_size, interpret)
-    return outputs, (q, k, v, log_gate, state)
+def _kernel_retention_fwd(q, k, v, log_gate, state, interpret):
+    out, final = _kernel_retention(q, k, v, log_gate, state, interpret)
+    return (out, final), (q, k, v, log_gate, state, final)
 
 
-def _kernel_retention_bwd(chunk_size, interpret, residuals, cotangents):
-    xla = lambda q, k, v, g, s: chunkwise_retention(q, k, v, g, chunk_size, s)
-    return jax.vjp(xla, *residuals)[1](cotangents)
+def _kernel_retention_bwd(interpret, residuals, cotangents):
+    return retention_backward(*residuals, *cotangents, interpret=interpret)
 
 
 _kernel_retention.defvjp(_kernel_retention_fwd, _kernel_retention_bwd)
@@ -93,5 +98,5 @@ def chunkwise(
     b, _, h, dk = q.shape
     if state is None:
         state = jnp.zeros((b, h, dk, v.shape[-1]), jnp.float32)
-    kernel = lambda *args: _kernel_retention(*args, chunk_size, interpret)
+    kernel = lambda *args: _kernel_retention(*args, interpret)
     return _per_device(kernel, q, k, v, log_gate, state.astype(jnp.float32))
