@@ -113,6 +113,9 @@ class Runtime:
     # The cross-decoder's K/V over mesh.context: gathered once per step, or passed around the
     # ring (ops/ring_attention.py); auto: gather unless the gathered copy passes 1 GiB
     context_attention: str = "auto"
+    # The cached K/V (YOCO's global one, the Transformer's per layer): null stores them in
+    # `dtype`; int8 with a float32 scale per token and head (model/cache.py, kernels/int8.py)
+    kv_cache_dtype: str | None = None
 
     def __post_init__(self):
         _check_choices(self, {
@@ -126,6 +129,7 @@ class Runtime:
             "kernel_interpret": (None, True, False),
             "scan_layers": (True, False),
             "context_attention": ("auto", "gather", "ring"),
+            "kv_cache_dtype": (None, "int8"),
         })  # fmt: skip
         _check_positive(self, ["chunk_size"])
 

@@ -19,7 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.config import ModelConfig, from_dict
-from yoco_jax.model.cache import Cache, KVCache, WindowKV, init_cache, resize_cache
+from yoco_jax.model.cache import (
+    Cache,
+    KVCache,
+    QuantizedKV,
+    WindowKV,
+    convert_kv,
+    init_cache,
+    kv_cache_dtype,
+    resize_cache,
+)
 
 
 @jax.jit
@@ -49,9 +58,16 @@ def params_fingerprint(params) -> str:
 
 
 def _with_kv_dtype(cache, dtype):
-    """The cache with its K/V (global and window rings) in `dtype`; retention states stay f32."""
-    is_kv = lambda c: isinstance(c, (KVCache, WindowKV))
-    cast = lambda c: type(c)(*(x.astype(dtype) for x in c)) if is_kv(c) else c
+    """The cache with its K/V in `dtype`: the global (or per-layer) K/V converted (int8:
+    quantized; a float dtype: dequantized or cast), window rings cast (kept for int8, which
+    stores only those K/V); retention states stay f32."""
+    is_kv = lambda c: isinstance(c, (KVCache, QuantizedKV, WindowKV))
+
+    def cast(c):
+        if isinstance(c, WindowKV):
+            return c if dtype == jnp.int8 else WindowKV(*(x.astype(dtype) for x in c))
+        return convert_kv(c, dtype) if is_kv(c) else c
+
     return jax.tree.map(cast, cache, is_leaf=is_kv)
 
 
@@ -94,8 +110,9 @@ def load_cache(
     `config`: the model that will use the cache; a cache of another model is a clear error.
     `params`: that model's weights; a cache made by other weights is a clear error.
     `max_len`: grow the K/V to this many positions (room for the questions and answers).
-    `dtype`: the K/V dtype; default `config.dtype` (the cache the model itself would make, e.g.
-    float32 for a float32 model reading a bfloat16 model's cache), or as saved without config.
+    `dtype`: the K/V dtype; default `config`'s (its kv_cache_dtype, else its dtype: the cache
+    the model itself would make, e.g. float32 for a float32 model reading a bfloat16 model's
+    cache; an int8 cache dequantized, or a float one quantized), or as saved without config.
     """
     path = Path(path)
     if not path.is_file():
@@ -120,7 +137,7 @@ def load_cache(
         leaves.append(jnp.asarray(x))
     logits = jnp.asarray(data["logits"]) if "logits" in data else None
     cache = jax.tree.unflatten(treedef, leaves)
-    dtype = dtype or (config.dtype if config is not None else None)
+    dtype = dtype or (kv_cache_dtype(config) if config is not None else None)
     if dtype is not None:
         cache = _with_kv_dtype(cache, jnp.dtype(dtype))
     if max_len is not None and max_len > meta["max_len"]:

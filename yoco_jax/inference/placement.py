@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from yoco_jax import sharding
 from yoco_jax.config import ModelConfig
 from yoco_jax.model import build_model, init_cache
-from yoco_jax.model.cache import KVCache
+from yoco_jax.model.cache import KVCache, QuantizedKV
 
 ROWS = P(sharding.BATCH_AXES)
 KV = P(sharding.BATCH_AXES, "context")
@@ -83,9 +83,9 @@ def place_params(config: ModelConfig, params, mesh: Mesh | None):
 def _specs(tree):
     """PartitionSpecs of an inference pytree: K/V caches split along rows and length, other
     arrays along rows (their first dimension), scalars replicated."""
-    is_kv = lambda x: isinstance(x, KVCache)
+    is_kv = lambda x: isinstance(x, KVCache | QuantizedKV)  # int8 scales [B, S, Hkv] split alike
     row = lambda x: ROWS if jnp.ndim(x) else P()
-    spec = lambda x: KVCache(KV, KV) if is_kv(x) else row(x)
+    spec = lambda x: type(x)(*(KV for _ in x)) if is_kv(x) else row(x)
     return jax.tree.map(spec, tree, is_leaf=is_kv)
 
 

@@ -39,6 +39,7 @@ from yoco_jax.kernels.common import (
     unmasked_key_blocks,
     visible,
 )
+from yoco_jax.kernels.int8 import check_scales, dequantize_block
 
 DEFAULT_BLOCKS = {"gpu": (128, 64), "tpu": (128, 128)}  # (rows, keys), as flash_attention
 
@@ -73,8 +74,10 @@ def _finish(acc, denom, o_ref):
     o_ref[...] = jnp.where(seen, acc / jnp.where(seen, denom, 1.0), 0.0).astype(o_ref.dtype)
 
 
-def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, o_ref, *, cfg):
-    """One (row block, batch, kv head): q/o `[BM, D]`, k/v `[S, D]` (the whole cache row)."""
+def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, *refs, cfg):
+    """One (row block, batch, kv head): q/o `[BM, D]`, k/v `[S, D]` (the whole cache row;
+    int8: then scale refs `[S]` follow)."""
+    *scale_refs, o_ref = refs
     block_rows, block_keys = cfg["block_rows"], cfg["block_keys"]
     cache_len = k_ref.shape[0]
     length = length_ref[()]
@@ -92,10 +95,10 @@ def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, o_ref, *, cfg):
             key0 = j * block_keys
             start = jnp.minimum(key0, cache_len - block_keys)
             keys = pl.ds(start, block_keys)
-            return _tile(
-                carry, q, k_ref[keys, :], v_ref[keys, :], row0, key0, start, length, masking,
-                cfg, masked,
-            )  # fmt: skip
+            k, v = k_ref[keys, :], v_ref[keys, :]
+            if scale_refs:
+                k, v = (dequantize_block(x, s[keys], q.dtype) for x, s in zip((k, v), scale_refs))
+            return _tile(carry, q, k, v, row0, key0, start, length, masking, cfg, masked)
 
         return step
 
@@ -110,27 +113,31 @@ def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, o_ref, *, cfg):
     _finish(acc, denom, o_ref)
 
 
-def _gpu_call(rows, k, v, lengths, cfg, interpret):
+def _gpu_call(rows, k, v, lengths, scales, cfg, interpret):
     from jax.experimental.pallas import triton as plgpu
 
     batch, num_kv_heads, num_rows, head_dim = rows.shape
     block_rows = cfg["block_rows"]
     row_spec = pl.BlockSpec((None, None, block_rows, head_dim), lambda i, b, h: (b, h, i, 0))
     cache_spec = pl.BlockSpec((None, k.shape[1], None, head_dim), lambda i, b, h: (b, 0, h, 0))
+    scale_spec = pl.BlockSpec((None, k.shape[1], None), lambda i, b, h: (b, 0, h))
     return pl.pallas_call(
         functools.partial(_gpu_kernel, cfg=cfg),
         grid=(num_rows // block_rows, batch, num_kv_heads),
-        in_specs=[pl.BlockSpec((None,), lambda i, b, h: (b,)), row_spec, cache_spec, cache_spec],
+        in_specs=[pl.BlockSpec((None,), lambda i, b, h: (b,)), row_spec, cache_spec, cache_spec]
+        + [scale_spec] * len(scales),
         out_specs=row_spec,
         out_shape=jax.ShapeDtypeStruct(rows.shape, rows.dtype),
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
         name="chunk_attention",
-    )(lengths, rows, k, v)
+    )(lengths, rows, k, v, *scales)
 
 
-def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, o_ref, acc, m, denom, *, cfg, nkb):
-    """One (batch, kv head, row block i, key block j) step; k/v `[BN, D]`."""
+def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, *refs, cfg, nkb):
+    """One (batch, kv head, row block i, key block j) step; k/v `[BN, D]` (int8: then scale
+    refs `[BN, Hkv]` follow)."""
+    *scale_refs, o_ref, acc, m, denom = refs
     block_rows, block_keys = cfg["block_rows"], cfg["block_keys"]
     b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
     length = lengths_ref[b]
@@ -147,17 +154,21 @@ def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, o_ref, acc, m, denom, *, cfg, 
     @pl.when((j >= first) & (j < end))
     def _step():
         key0 = j * block_keys
+        q, k, v = q_ref[...], k_ref[...], v_ref[...]
+        if scale_refs:
+            head = pl.program_id(1)
+            k, v = (dequantize_block(x, s[...], q.dtype, head) for x, s in zip((k, v), scale_refs))
+        carry = (acc[...], m[...], denom[...])
         acc[...], m[...], denom[...] = _tile(
-            (acc[...], m[...], denom[...]), q_ref[...], k_ref[...], v_ref[...], row0, key0,
-            key0, length, masking, cfg, True,
-        )  # fmt: skip
+            carry, q, k, v, row0, key0, key0, length, masking, cfg, True
+        )
 
     @pl.when(j == nkb - 1)
     def _done():
         _finish(acc[...], denom[...], o_ref)
 
 
-def _tpu_call(rows, k, v, lengths, cfg, interpret):
+def _tpu_call(rows, k, v, lengths, scales, cfg, interpret):
     from jax.experimental.pallas import tpu as pltpu
 
     batch, num_kv_heads, num_rows, head_dim = rows.shape
@@ -176,10 +187,13 @@ def _tpu_call(rows, k, v, lengths, cfg, interpret):
 
     row_spec = pl.BlockSpec((None, None, block_rows, head_dim), lambda b, h, i, j, _: (b, h, i, 0))
     cache_spec = pl.BlockSpec((None, block_keys, head_dim), cache_index)
+    # int8 scales [B, S, Hkv]: every kv head's column (a TPU block's last dimension is whole).
+    scale_index = lambda *ids: cache_index(*ids)[:2] + (0,)
+    scale_spec = pl.BlockSpec((None, block_keys, num_kv_heads), scale_index)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1,
         grid=(batch, num_kv_heads, num_rows // block_rows, nkb),
-        in_specs=[row_spec, cache_spec, cache_spec],
+        in_specs=[row_spec, cache_spec, cache_spec] + [scale_spec] * len(scales),
         out_specs=row_spec,
         scratch_shapes=[
             pltpu.VMEM((block_rows, head_dim), jnp.float32),
@@ -196,13 +210,24 @@ def _tpu_call(rows, k, v, lengths, cfg, interpret):
         ),
         interpret=interpret,
         name="chunk_attention_tpu",
-    )(lengths, rows, k, v)
+    )(lengths, rows, k, v, *scales)
 
 
 def chunk_attention(
-    q, k_cache, v_cache, lengths, *, window=None, sm_scale=None, interpret=None, backend=None,
-    block_rows=None, block_keys=None,
-):  # fmt: skip
+    q,
+    k_cache,
+    v_cache,
+    lengths,
+    *,
+    window=None,
+    sm_scale=None,
+    interpret=None,
+    backend=None,
+    block_rows=None,
+    block_keys=None,
+    k_scale=None,
+    v_scale=None,
+):
     """Attention of a chunk of queries per sequence against its K/V cache (chunked prefill).
 
     q `[B, Tq, Hq, D]`, caches `[B, S, Hkv, D]`, lengths `[B]` int32: sequence b has lengths[b]
@@ -210,9 +235,12 @@ def chunk_attention(
     lengths[b] - Tq + i and sees entries at or before it (and after it - window with a window).
     Returns `[B, Tq, Hq, D]` in q's dtype; a query with no visible entry gets 0. backend /
     interpret as in `flash_attention`; block_rows / block_keys: tiles (powers of two >= 16).
+    k_scale, v_scale `[B, S, Hkv]` float32: the caches are int8 (kernels/int8.py), dequantized
+    to q's dtype one key block at a time inside the kernel.
     """
+    int8_kv = check_scales(k_cache, k_scale, v_scale, what="chunk_attention")
     batch, q_len, num_heads, cache_len, num_kv_heads, head_dim = check_qkv(
-        q, k_cache, v_cache, what="chunk_attention"
+        q, k_cache, v_cache, what="chunk_attention", int8_kv=int8_kv
     )
     if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise ValueError(
@@ -243,5 +271,6 @@ def chunk_attention(
     rows = pad_axis(fold_queries(q, num_kv_heads), 2, -(-num_rows // block_rows) * block_rows)
     lengths = jnp.clip(lengths.astype(jnp.int32), 0, cache_len)
     call = _tpu_call if backend == "tpu" else _gpu_call
-    out = call(rows, k_cache, v_cache, lengths, cfg, resolve_interpret(interpret, backend))
+    scales = (k_scale, v_scale) if int8_kv else ()
+    out = call(rows, k_cache, v_cache, lengths, scales, cfg, resolve_interpret(interpret, backend))
     return unfold_queries(out, q_len, num_heads)

@@ -196,8 +196,9 @@ def default_scale(sm_scale, head_dim):
     return 1.0 / math.sqrt(head_dim) if sm_scale is None else float(sm_scale)
 
 
-def check_qkv(q, k, v, *, what):
-    """Shape checks shared by both entry points; returns (B, Tq, Hq, Tk, Hkv, D)."""
+def check_qkv(q, k, v, *, what, int8_kv=False):
+    """Shape checks shared by both entry points; returns (B, Tq, Hq, Tk, Hkv, D). `int8_kv`:
+    k and v are an int8 cache (kernels/int8.py), q in any float dtype."""
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
             f"{what}: q, k, v must be [batch, time, heads, head_dim]; got {q.shape}, {k.shape}, "
@@ -213,7 +214,11 @@ def check_qkv(q, k, v, *, what):
         raise ValueError(
             f"{what}: query heads ({num_heads}) must be a multiple of kv heads ({num_kv_heads})."
         )
-    if not (q.dtype == k.dtype == v.dtype):
+    if int8_kv and not k.dtype == v.dtype == jnp.int8:
+        raise ValueError(
+            f"{what}: scales given, so k and v must be int8; got {k.dtype}, {v.dtype}."
+        )
+    if not int8_kv and not (q.dtype == k.dtype == v.dtype):
         raise ValueError(
             f"{what}: q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype} (cast "
             "them to one compute dtype first)."

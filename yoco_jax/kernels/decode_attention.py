@@ -37,6 +37,7 @@ from yoco_jax.kernels.common import (
     unfold_queries,
     visible,
 )
+from yoco_jax.kernels.int8 import check_scales, dequantize_block
 
 DEFAULT_BLOCK_KEYS = {"gpu": 128, "tpu": 512}
 # Enough programs to fill every SM of an H100/H200 a few times over (132 SMs).
@@ -58,8 +59,10 @@ def _split_step(carry, q, k, v, key0, start, length, q_len, masking, sm_scale):
     return online_softmax_step(*carry, s, v)
 
 
-def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, denom_ref, *, cfg):
-    """One (split, batch, kv head): q `[R, D]`, k/v `[S, D]`, acc `[R, D]`, m/denom `[R, 1]`."""
+def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, *refs, cfg):
+    """One (split, batch, kv head): q `[R, D]`, k/v `[S, D]` (int8: then scale refs `[S]`
+    follow), acc `[R, D]`, m/denom `[R, 1]`."""
+    *scale_refs, acc_ref, m_ref, denom_ref = refs
     block_keys, blocks_per_split = cfg["block_keys"], cfg["blocks_per_split"]
     cache_len = k_ref.shape[0]
     length = length_ref[()]
@@ -71,10 +74,12 @@ def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, denom_ref, *, c
         key0 = j * block_keys
         start = jnp.minimum(key0, cache_len - block_keys)  # keep the last block inside the cache
         keys = pl.ds(start, block_keys)
+        k, v = k_ref[keys, :], v_ref[keys, :]
+        if scale_refs:
+            k, v = (dequantize_block(x, s[keys], q.dtype) for x, s in zip((k, v), scale_refs))
         return _split_step(
-            carry, q, k_ref[keys, :], v_ref[keys, :], key0, start, length, cfg["q_len"],
-            cfg["masking"], cfg["sm_scale"],
-        )  # fmt: skip
+            carry, q, k, v, key0, start, length, cfg["q_len"], cfg["masking"], cfg["sm_scale"]
+        )
 
     init = (
         jnp.zeros(acc_ref.shape, jnp.float32),
@@ -84,20 +89,22 @@ def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, denom_ref, *, c
     acc_ref[...], m_ref[...], denom_ref[...] = lax.fori_loop(first, end, body, init)
 
 
-def _gpu_partials(rows, k_cache, v_cache, lengths, cfg, num_splits, interpret):
+def _gpu_partials(rows, k_cache, v_cache, lengths, scales, cfg, num_splits, interpret):
     from jax.experimental.pallas import triton as plgpu
 
     batch, num_kv_heads, num_rows, head_dim = rows.shape
     cache_len = k_cache.shape[1]
     row_spec = pl.BlockSpec((None, None, num_rows, head_dim), lambda s, b, h: (b, h, 0, 0))
     cache_spec = pl.BlockSpec((None, cache_len, None, head_dim), lambda s, b, h: (b, 0, h, 0))
+    scale_spec = pl.BlockSpec((None, cache_len, None), lambda s, b, h: (b, 0, h))
     part = (batch, num_kv_heads, num_splits, num_rows)
     acc_spec = pl.BlockSpec((None, None, None, num_rows, head_dim), lambda s, b, h: (b, h, s, 0, 0))
     stat_spec = pl.BlockSpec((None, None, None, num_rows, 1), lambda s, b, h: (b, h, s, 0, 0))
     return pl.pallas_call(
         functools.partial(_gpu_kernel, cfg=cfg),
         grid=(num_splits, batch, num_kv_heads),
-        in_specs=[pl.BlockSpec((None,), lambda s, b, h: (b,)), row_spec, cache_spec, cache_spec],
+        in_specs=[pl.BlockSpec((None,), lambda s, b, h: (b,)), row_spec, cache_spec, cache_spec]
+        + [scale_spec] * len(scales),
         out_specs=[acc_spec, stat_spec, stat_spec],
         out_shape=[
             jax.ShapeDtypeStruct((*part, head_dim), jnp.float32),
@@ -107,11 +114,13 @@ def _gpu_partials(rows, k_cache, v_cache, lengths, cfg, num_splits, interpret):
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
         interpret=interpret,
         name="decode_attention_split",
-    )(lengths, rows, k_cache, v_cache)
+    )(lengths, rows, k_cache, v_cache, *scales)
 
 
-def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, acc_out, m_out, denom_out, acc, m, denom, *, cfg):
-    """One (batch, kv head, split, block) step; k/v `[BN, D]`, scratch as in the GPU kernel."""
+def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, *refs, cfg):
+    """One (batch, kv head, split, block) step; k/v `[BN, D]` (int8: then scale refs `[BN, Hkv]`
+    follow), scratch as in the GPU kernel."""
+    *scale_refs, acc_out, m_out, denom_out, acc, m, denom = refs
     block_keys, blocks_per_split = cfg["block_keys"], cfg["blocks_per_split"]
     b, split, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
     length = lengths_ref[b]
@@ -126,17 +135,20 @@ def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, acc_out, m_out, denom_out, acc
     @pl.when(key0 < length)
     def _step():
         carry = (acc[...], m[...], denom[...])
+        q, k, v = q_ref[...], k_ref[...], v_ref[...]
+        if scale_refs:
+            head = pl.program_id(1)
+            k, v = (dequantize_block(x, s[...], q.dtype, head) for x, s in zip((k, v), scale_refs))
         acc[...], m[...], denom[...] = _split_step(
-            carry, q_ref[...], k_ref[...], v_ref[...], key0, key0, length, cfg["q_len"],
-            cfg["masking"], cfg["sm_scale"],
-        )  # fmt: skip
+            carry, q, k, v, key0, key0, length, cfg["q_len"], cfg["masking"], cfg["sm_scale"]
+        )
 
     @pl.when(t == blocks_per_split - 1)
     def _finish():
         acc_out[...], m_out[...], denom_out[...] = acc[...], m[...], denom[...]
 
 
-def _tpu_partials(rows, k_cache, v_cache, lengths, cfg, num_splits, interpret):
+def _tpu_partials(rows, k_cache, v_cache, lengths, scales, cfg, num_splits, interpret):
     from jax.experimental.pallas import tpu as pltpu
 
     batch, num_kv_heads, num_rows, head_dim = rows.shape
@@ -156,6 +168,9 @@ def _tpu_partials(rows, k_cache, v_cache, lengths, cfg, num_splits, interpret):
     )
     stat_spec = pl.BlockSpec((None, None, None, num_rows, 1), lambda b, h, s, t, _: (b, h, s, 0, 0))
     cache_spec = pl.BlockSpec((None, block_keys, head_dim), cache_index)
+    # int8 scales [B, S, Hkv]: every kv head's column (a TPU block's last dimension is whole).
+    scale_index = lambda *ids: cache_index(*ids)[:2] + (0,)
+    scale_spec = pl.BlockSpec((None, block_keys, num_kv_heads), scale_index)
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=1,
         grid=(batch, num_kv_heads, num_splits, blocks_per_split),
@@ -163,7 +178,8 @@ def _tpu_partials(rows, k_cache, v_cache, lengths, cfg, num_splits, interpret):
             pl.BlockSpec((None, None, num_rows, head_dim), lambda b, h, s, t, _: (b, h, 0, 0)),
             cache_spec,
             cache_spec,
-        ],
+        ]
+        + [scale_spec] * len(scales),
         out_specs=[acc_spec, stat_spec, stat_spec],
         scratch_shapes=[
             pltpu.VMEM((num_rows, head_dim), jnp.float32),
@@ -184,7 +200,7 @@ def _tpu_partials(rows, k_cache, v_cache, lengths, cfg, num_splits, interpret):
         ),
         interpret=interpret,
         name="decode_attention_split_tpu",
-    )(lengths, rows, k_cache, v_cache)
+    )(lengths, rows, k_cache, v_cache, *scales)
 
 
 def split_plan(num_programs, cache_len, block_keys, num_splits=None):
@@ -220,6 +236,8 @@ def decode_attention(
     backend=None,
     block_keys=None,
     num_splits=None,
+    k_scale=None,
+    v_scale=None,
 ):
     """Attention of a few new queries per sequence against its K/V cache.
 
@@ -228,9 +246,12 @@ def decode_attention(
     (causal among themselves). Returns `[B, Tq, Hq, D]` in q's dtype; a query with no valid key
     gets 0. backend / interpret as in `flash_attention`; block_keys (cache tile, power of two >= 16)
     and num_splits (programs per (batch, kv head)) default to values that fill a GPU at 128K-1M.
+    k_scale, v_scale `[B, S, Hkv]` float32: the caches are int8 (kernels/int8.py), dequantized
+    to q's dtype one key block at a time inside the kernel.
     """
+    int8_kv = check_scales(k_cache, k_scale, v_scale, what="decode_attention")
     batch, q_len, num_heads, cache_len, num_kv_heads, head_dim = check_qkv(
-        q, k_cache, v_cache, what="decode_attention"
+        q, k_cache, v_cache, what="decode_attention", int8_kv=int8_kv
     )
     if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise ValueError(
@@ -259,7 +280,7 @@ def decode_attention(
     rows = pad_axis(rows, 2, fit_block(1 << 30, rows.shape[2]))
     lengths = jnp.clip(lengths.astype(jnp.int32), 0, cache_len)
     partials = _tpu_partials if backend == "tpu" else _gpu_partials
-    acc, m, denom = partials(
-        rows, k_cache, v_cache, lengths, cfg, num_splits, resolve_interpret(interpret, backend)
-    )
+    scales = (k_scale, v_scale) if int8_kv else ()
+    interpret = resolve_interpret(interpret, backend)
+    acc, m, denom = partials(rows, k_cache, v_cache, lengths, scales, cfg, num_splits, interpret)
     return unfold_queries(merge_partials(acc, m, denom), q_len, num_heads).astype(q.dtype)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import flax.linen as nn
 from jax.ad_checkpoint import checkpoint_name
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, Shaped
 
 from yoco_jax.config import ModelConfig
-from yoco_jax.model.cache import KVCache, WindowKV
+from yoco_jax.kernels.int8 import dequantize
+from yoco_jax.model.cache import KVCache, QuantizedKV, WindowKV
 from yoco_jax.model.layers import Linear, project_qkv
 from yoco_jax.model.rotary import apply_rotary
 from yoco_jax.ops import context_parallel
@@ -71,14 +72,17 @@ class CrossAttention(nn.Module):
         self,
         x: Float[Array, "B T D"],
         positions: Int[Array, "B T"],
-        k: Float[Array, "*n B S Hkv Dh"],
-        v: Float[Array, "*n B S Hkv Dh"],
+        k: Shaped[Array, "*n B S Hkv Dh"],
+        v: Shaped[Array, "*n B S Hkv Dh"],
         lengths: Int[Array, " B"] | None = None,
         kv_positions: Int[Array, "*n B S"] | None = None,
+        k_scale: Float[Array, "B S Hkv"] | None = None,
+        v_scale: Float[Array, "B S Hkv"] | None = None,
     ) -> tuple[Float[Array, "B T D"], None]:
         """Without `lengths`, T == S (training); with it, x holds each sequence's last T tokens.
         `kv_positions` (from `context_parallel.gather_kv`): x is split over the context axis and
-        k, v are whole, one copy per device stacked in front ([n, B, S, Hkv, Dh])."""
+        k, v are whole, one copy per device stacked in front ([n, B, S, Hkv, Dh]).
+        `k_scale`, `v_scale`: k, v are an int8 cache (model/cache.py QuantizedKV)."""
         cfg = self.config
         b, t, dim = x.shape
         q = _dense(cfg, dim, ("embed", "heads"), "q_proj")(x)
@@ -91,9 +95,12 @@ class CrossAttention(nn.Module):
         elif lengths is None:
             o = causal_attention(q, k, v, **_options(cfg))
         elif context_parallel.context_size() > 1:  # the cache is split along its length
+            if k_scale is not None:  # int8: dequantized whole here (no split kernel takes it)
+                k, v = dequantize(k, k_scale, q.dtype), dequantize(v, v_scale, q.dtype)
             o = context_parallel.cache_attention(q, k, v, lengths)
         else:
-            o = cache_attention(q, k, v, lengths, **_options(cfg))
+            scales = {"k_scale": k_scale, "v_scale": v_scale}
+            o = cache_attention(q, k, v, lengths, **scales, **_options(cfg))
         o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")
         return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o), None
 
@@ -108,10 +115,10 @@ class SelfAttention(nn.Module):
         self,
         x: Float[Array, "B T D"],
         positions: Int[Array, "B T"],
-        cache: KVCache | None = None,
+        cache: KVCache | QuantizedKV | None = None,
         valid: Bool[Array, "B T"] | None = None,
         fresh: bool = False,
-    ) -> tuple[Float[Array, "B T D"], KVCache | None]:
+    ) -> tuple[Float[Array, "B T D"], KVCache | QuantizedKV | None]:
         cfg = self.config
         b, t, dim = x.shape
         heads, kv_heads, d = cfg.n_attn_heads, cfg.n_attn_kv_heads, cfg.attn_head_dim
@@ -123,6 +130,7 @@ class SelfAttention(nn.Module):
             o = causal_attention(q, k, v, **_options(cfg))
         else:
             lengths = positions[:, 0] + t
-            o = cache_attention(q, new_cache.k, new_cache.v, lengths, **_options(cfg))
+            scales = dict(zip(("k_scale", "v_scale"), new_cache.scales))
+            o = cache_attention(q, new_cache.k, new_cache.v, lengths, **scales, **_options(cfg))
         o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")
         return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o), new_cache

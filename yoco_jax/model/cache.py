@@ -4,6 +4,8 @@ and size in bytes (saving and loading them: inference/cache_io.py).
 YOCO keeps, per self-decoder layer, a float32 retention state (or a window-sized ring buffer
 for sliding-window attention), plus ONE global K/V for the whole cross-decoder. The Transformer
 baseline keeps K/V for every layer. `lengths[b]` counts the tokens sequence b has consumed.
+With `kv_cache_dtype=int8` those K/V (not the window rings) are `QuantizedKV`: int8 with a
+float32 scale per token and head, quantized when written (kernels/int8.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from yoco_jax.config import ModelConfig
+from yoco_jax.kernels.int8 import dequantize, quantize
 
 
 class RetentionState(NamedTuple):
@@ -66,17 +69,54 @@ class KVCache(NamedTuple):
         valid: Bool[Array, "B T"],
     ) -> KVCache:
         """New K/V written at their positions; padding (valid False) writes nothing."""
-        rows = jnp.arange(k.shape[0])[:, None]
-        cols = jnp.where(valid, positions, self.k.shape[1])  # out of range -> dropped
-        return KVCache(
-            self.k.at[rows, cols].set(k.astype(self.k.dtype), mode="drop"),
-            self.v.at[rows, cols].set(v.astype(self.v.dtype), mode="drop"),
-        )
+        return KVCache(*_put(self, (k, v), positions, valid))
+
+    @property
+    def scales(self) -> tuple[None, None]:
+        return None, None
+
+
+class QuantizedKV(NamedTuple):
+    """A KVCache stored in int8, a float32 scale per token and head (`kv_cache_dtype=int8`)."""
+
+    k: Int[Array, "B S Hkv Dh"]  # int8
+    v: Int[Array, "B S Hkv Dh"]
+    k_scale: Float[Array, "B S Hkv"]  # float32
+    v_scale: Float[Array, "B S Hkv"]
+
+    def write(self, k, v, positions, valid) -> QuantizedKV:
+        """`KVCache.write`, the new K/V quantized (kernels/int8.py)."""
+        (k, k_scale), (v, v_scale) = quantize(k), quantize(v)
+        return QuantizedKV(*_put(self, (k, v, k_scale, v_scale), positions, valid))
+
+    @property
+    def scales(self) -> tuple[Array, Array]:
+        """(k_scale, v_scale): what the attention paths take beside the int8 K/V."""
+        return self.k_scale, self.v_scale
+
+
+def _put(arrays, new, positions, valid) -> list:
+    """Each of `new` `[B, T, ...]` into the same-named cache array `[B, S, ...]` at positions."""
+    rows = jnp.arange(positions.shape[0])[:, None]
+    cols = jnp.where(valid, positions, arrays[0].shape[1])  # out of range -> dropped
+    return [a.at[rows, cols].set(x.astype(a.dtype), mode="drop") for a, x in zip(arrays, new)]
+
+
+def convert_kv(kv: KVCache | QuantizedKV, dtype) -> KVCache | QuantizedKV:
+    """The same K/V stored in `dtype` ("int8": quantized; a float dtype: dequantized or cast)."""
+    if jnp.dtype(dtype) == jnp.int8:
+        if isinstance(kv, QuantizedKV):
+            return kv
+        (k, k_scale), (v, v_scale) = quantize(kv.k), quantize(kv.v)
+        return QuantizedKV(k, v, k_scale, v_scale)
+    if isinstance(kv, QuantizedKV):
+        return KVCache(dequantize(kv.k, kv.k_scale, dtype), dequantize(kv.v, kv.v_scale, dtype))
+    return KVCache(kv.k.astype(dtype), kv.v.astype(dtype))
 
 
 class YOCOCache(NamedTuple):
     self_layers: tuple  # RetentionState or WindowKV per self-decoder layer
-    kv: KVCache  # the single cache read by every cross-decoder layer
+    kv: KVCache | QuantizedKV  # the single cache read by every cross-decoder layer
     lengths: Int[Array, " B"]
 
     @property
@@ -90,7 +130,7 @@ class YOCOCache(NamedTuple):
 
 
 class TransformerCache(NamedTuple):
-    layers: tuple  # KVCache per layer
+    layers: tuple  # KVCache (or QuantizedKV) per layer
     lengths: Int[Array, " B"]
 
     @property
@@ -107,7 +147,8 @@ Cache = YOCOCache | TransformerCache
 
 
 def map_kv(cache: Cache, fn) -> Cache:
-    """`fn` over every KVCache of a cache (the global or per-layer K/V; not window rings)."""
+    """`fn` over every KVCache or QuantizedKV of a cache (the global or per-layer K/V; not
+    window rings)."""
     if isinstance(cache, YOCOCache):
         return cache._replace(kv=fn(cache.kv))
     return cache._replace(layers=tuple(fn(c) for c in cache.layers))
@@ -130,39 +171,52 @@ def resize_cache(cache: Cache, max_len: int) -> Cache:
     else:
         fit = jnp.copy
     # Every leaf new: the result never aliases the caller's arrays (consumers donate it).
-    is_kv = lambda x: isinstance(x, KVCache)
+    is_kv = lambda x: isinstance(x, KVCache | QuantizedKV)
     copied = jax.tree.map(lambda x: x if is_kv(x) else jnp.copy(x), cache, is_leaf=is_kv)
-    return map_kv(copied, lambda c: KVCache(fit(c.k), fit(c.v)))
+    return map_kv(copied, lambda c: type(c)(*map(fit, c)))
 
 
-def _kv(cfg: ModelConfig, batch: int, length: int, dtype) -> KVCache:
+def _kv(cfg: ModelConfig, batch: int, length: int, dtype) -> KVCache | QuantizedKV:
     shape = (batch, length, cfg.n_attn_kv_heads, cfg.attn_head_dim)
+    if dtype == jnp.int8:
+        scales = (jnp.zeros(shape[:3], jnp.float32),) * 2
+        return QuantizedKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), *scales)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
+def kv_cache_dtype(cfg: ModelConfig) -> str:
+    """The dtype the cached K/V are stored in: `kv_cache_dtype` if set, else the compute dtype."""
+    return cfg.kv_cache_dtype or cfg.dtype
+
+
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
-    """An empty cache for `batch` sequences of at most `max_len` tokens (K/V in `dtype`)."""
-    dtype = jnp.dtype(dtype or cfg.dtype)
+    """An empty cache for `batch` sequences of at most `max_len` tokens (K/V in `dtype`, default
+    `kv_cache_dtype(cfg)`; "int8": QuantizedKV, window rings then in the compute dtype)."""
+    dtype = jnp.dtype(dtype or kv_cache_dtype(cfg))
     lengths = jnp.zeros((batch,), jnp.int32)
     if cfg.arch == "transformer":
         return TransformerCache(
             tuple(_kv(cfg, batch, max_len, dtype) for _ in range(cfg.n_layers)), lengths
         )
+    kv = _kv(cfg, batch, max_len, dtype)
+    dtype = jnp.dtype(cfg.dtype) if dtype == jnp.int8 else dtype
     h, d = cfg.n_self_heads, cfg.self_head_dim
     if cfg.sliding_window is not None:
         shape = (batch, cfg.sliding_window, h, d)
         layer = lambda: WindowKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     else:
         layer = lambda: RetentionState(jnp.zeros((batch, h, d, d), jnp.float32))
-    return YOCOCache(
-        tuple(layer() for _ in range(cfg.half_layers)), _kv(cfg, batch, max_len, dtype), lengths
-    )
+    return YOCOCache(tuple(layer() for _ in range(cfg.half_layers)), kv, lengths)
 
 
 def cache_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> int:
     """Bytes of `init_cache(cfg, batch, max_len, dtype)` by formula, without allocating it."""
-    item = jnp.dtype(dtype or cfg.dtype).itemsize
+    dtype = jnp.dtype(dtype or kv_cache_dtype(cfg))
+    item = dtype.itemsize
     kv_per_token = 2 * cfg.n_attn_kv_heads * cfg.attn_head_dim * item
+    if dtype == jnp.int8:  # plus a float32 scale per token and head, K and V
+        kv_per_token += 2 * cfg.n_attn_kv_heads * 4
+        item = jnp.dtype(cfg.dtype).itemsize  # the window rings
     lengths = 4 * batch
     if cfg.arch == "transformer":
         return cfg.n_layers * batch * max_len * kv_per_token + lengths

@@ -35,7 +35,7 @@ def make_layers(cfg: ModelConfig, mixer: str, n: int):
         return [cls(cfg, mixer) for _ in range(n)]
     # Arguments: positions, fresh (static), mixer_args; a self-mixer's per-layer caches are
     # scanned over, everything else is the same for every layer.
-    args = (nn.broadcast,) * 4 if mixer == "cross" else (0, nn.broadcast)
+    args = (nn.broadcast,) * 6 if mixer == "cross" else (0, nn.broadcast)
     scanned = nn.scan(
         cls,
         variable_axes={"params": 0},

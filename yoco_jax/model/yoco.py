@@ -58,8 +58,9 @@ class CrossDecoder(nn.Module):
         k = apply_rotary(self.k_proj(h).reshape(shape), positions, cfg.rope_theta)
         return k, self.v_proj(h).reshape(shape)
 
-    def __call__(self, x, positions, k, v, lengths=None, kv_positions=None):
-        return run_cross(self.layers, x, positions, (k, v, lengths, kv_positions))
+    def __call__(self, x, positions, k, v, lengths=None, kv_positions=None, scales=(None, None)):
+        """`scales`: (k_scale, v_scale) of int8 K/V (a QuantizedKV cache), else Nones."""
+        return run_cross(self.layers, x, positions, (k, v, lengths, kv_positions, *scales))
 
 
 class YOCO(LanguageModel):
@@ -121,7 +122,9 @@ class YOCO(LanguageModel):
         if logits == "all":
             # Query i of a row sits at cache.lengths + i: the T queries are the last T positions
             # of a sequence of cache.lengths + T (padding queries read garbage, ignored).
-            h = self.cross_decoder(x, positions, kv.k, kv.v, cache.lengths + tokens.shape[1])
+            all_lengths = cache.lengths + tokens.shape[1]
+            h = self.cross_decoder(x, positions, kv.k, kv.v, all_lengths, None, kv.scales)
             return self.logits_all(h), new_cache
-        h = self.cross_decoder(last_tokens(x, n_new), lengths[:, None] - 1, kv.k, kv.v, lengths)
+        x, positions = last_tokens(x, n_new), lengths[:, None] - 1
+        h = self.cross_decoder(x, positions, kv.k, kv.v, lengths, None, kv.scales)
         return self.logits_of(h), new_cache

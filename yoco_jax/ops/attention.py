@@ -12,8 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, Shaped
 
+from yoco_jax.kernels.int8 import dequantize
 from yoco_jax.ops import attention_choice
 from yoco_jax.ops.chunked_attention import chunked_attention
 
@@ -151,17 +152,21 @@ def causal_attention(
 
 def cache_attention(
     q: Float[Array, "B Tq Hq D"],
-    k_cache: Float[Array, "B S Hkv D"],
-    v_cache: Float[Array, "B S Hkv D"],
+    k_cache: Shaped[Array, "B S Hkv D"],
+    v_cache: Shaped[Array, "B S Hkv D"],
     lengths: Int[Array, " B"],
     *,
     window: int | None = None,
     impl: str = "xla",
     backend: str | None = None,
     interpret: bool | None = None,
+    k_scale: Float[Array, "B S Hkv"] | None = None,
+    v_scale: Float[Array, "B S Hkv"] | None = None,
 ) -> Float[Array, "B Tq Hq D"]:
     """The last Tq positions of each sequence against its first `lengths` entries (`window`:
     as in `causal_attention`; `backend`, `interpret`: the Pallas kernels').
+    `k_scale`, `v_scale`: the caches are int8 (kernels/int8.py), dequantized to q's dtype where
+    read (in the kernels and the blocked path one key block at a time; whole on a mesh).
 
     Up to `MAX_DECODE_QUERIES` queries (decode) run the split-K Pallas decode kernel (no window)
     or the masked XLA path; a prefill chunk runs the Pallas chunk kernel or the blocked XLA
@@ -169,20 +174,35 @@ def cache_attention(
     All compute in the cache's dtype: q is cast to it (a bfloat16 cache read by a float32 model,
     or the reverse, never copies the cache) and the output back to q's dtype.
     """
-    out_dtype, q = q.dtype, q.astype(k_cache.dtype)
+    scales = {"k_scale": k_scale, "v_scale": v_scale}
+    mesh = jax.sharding.get_abstract_mesh()
+    if k_scale is not None and not (mesh.empty or mesh.size == 1):  # _per_device splits 4 args
+        k_cache, v_cache = (
+            dequantize(k_cache, k_scale, q.dtype),
+            dequantize(v_cache, v_scale, q.dtype),
+        )
+        scales = {"k_scale": None, "v_scale": None}
+    out_dtype = q.dtype
+    q = q if k_cache.dtype == jnp.int8 else q.astype(k_cache.dtype)
     decode = q.shape[1] <= MAX_DECODE_QUERIES
     impl = attention_choice.pick(impl, "decode" if decode else "chunk", q, k_cache.shape[1], window)
     if _use_kernel(impl, q.shape[-1], k_cache.shape[1]):
         from yoco_jax import kernels
 
-        options = {"backend": backend, "interpret": interpret}
+        options = {"backend": backend, "interpret": interpret, **scales}
         if decode and window is None:
             kernel = lambda *args: kernels.decode_attention(*args, **options)
         else:
             kernel = lambda *args: kernels.chunk_attention(*args, window=window, **options)
         return _per_device(kernel, q, k_cache, v_cache, lengths).astype(out_dtype)
     if not decode:
-        return chunked_attention(q, k_cache, v_cache, lengths, window=window).astype(out_dtype)
+        out = chunked_attention(q, k_cache, v_cache, lengths, window=window, **scales)
+        return out.astype(out_dtype)
+    if k_scale is not None:
+        k_cache, v_cache = (
+            dequantize(k_cache, k_scale, q.dtype),
+            dequantize(v_cache, v_scale, q.dtype),
+        )
     b, tq = q.shape[:2]
     q_pos = lengths[:, None] - tq + jnp.arange(tq)
     kv_pos = jnp.broadcast_to(jnp.arange(k_cache.shape[1]), (b, k_cache.shape[1]))

@@ -15,24 +15,29 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, Shaped
+
+from yoco_jax.kernels.int8 import dequantize
 
 DEFAULT_BLOCK_KEYS = 512
 
 
 def chunked_attention(
     q: Float[Array, "B Tq Hq D"],
-    k: Float[Array, "B S Hkv D"],
-    v: Float[Array, "B S Hkv D"],
+    k: Shaped[Array, "B S Hkv D"],
+    v: Shaped[Array, "B S Hkv D"],
     lengths: Int[Array, " B"],
     *,
     window: int | None = None,
     block_keys: int = DEFAULT_BLOCK_KEYS,
+    k_scale: Float[Array, "B S Hkv"] | None = None,
+    v_scale: Float[Array, "B S Hkv"] | None = None,
 ) -> Float[Array, "B Tq Hq D"]:
     """Query i of row b sits at position p = lengths[b] - Tq + i and sees cache entries j with
     j <= p (and p - window < j with a window); entries at or past lengths[b] are never read
     into the result (stale or NaN slots included). A query with no visible key returns 0.
-    Scores and statistics are float32; probabilities meet V in V's dtype (like the kernels)."""
+    Scores and statistics are float32; probabilities meet V in V's dtype (like the kernels).
+    `k_scale`, `v_scale` `[B, S, Hkv]`: k, v are int8, each key block dequantized to q's dtype."""
     b, tq, hq, d = q.shape
     s, hkv = k.shape[1], k.shape[2]
     bk = min(block_keys, s)
@@ -56,6 +61,11 @@ def chunked_attention(
             mask &= kpos > q_pos[:, :, None] - window
         kb = lax.dynamic_slice_in_dim(k, start, bk, axis=1)
         vb = lax.dynamic_slice_in_dim(v, start, bk, axis=1)
+        if k_scale is not None:
+            block = lambda x, scale: dequantize(
+                x, lax.dynamic_slice_in_dim(scale, start, bk, axis=1), q.dtype
+            )
+            kb, vb = block(kb, k_scale), block(vb, v_scale)
         vb = jnp.where(valid[:, :, None, None], vb, jnp.zeros_like(vb))  # no NaN from stale slots
         scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kb, preferred_element_type=jnp.float32)
         scores = jnp.where(mask[:, None, None], scores * d**-0.5, -jnp.inf)
@@ -65,7 +75,7 @@ def chunked_attention(
         p = jnp.exp(scores - m_safe[..., None])
         denom = correction * denom + jnp.sum(p, axis=-1)
         pv = jnp.einsum(
-            "bhgqk,bkhd->bhgqd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32
+            "bhgqk,bkhd->bhgqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32
         )
         return correction[..., None] * acc + pv, m_next, denom
 
