@@ -15,8 +15,11 @@ Cases in priority order (bench/gpu_perf_cases.py):
   mosaic) JAX's Mosaic GPU flash attention vs cuDNN and ours (bench/gpu_perf_mosaic.py);
   train) the yoco-1.4b train step, one lever at a time from a baseline: attention path, remat
      policy, batch x length, scan over layers, loss chunk (bench/gpu_perf_train.py).
-  retention) the Pallas retention kernel forward vs XLA's chunkwise form at 32K/128K, and the
-     yoco-3b-1m 1M prefill with retention_impl=pallas (bench/gpu_perf_retention.py).
+  retention) the Pallas retention kernel forward, and forward + backward, vs XLA's chunkwise
+     form at 8K/32K/128K, and the yoco-3b-1m 1M prefill with retention_impl=pallas
+     (bench/gpu_perf_retention.py);
+  int8) decode with the int8 K/V cache vs bf16: the decode kernel at 128K/1M and yoco-3b-1m
+     decode steps at 1M context (bench/gpu_perf_int8.py).
 Each group runs in its own process (its device peak is its own; a crash or out-of-memory kill
 loses only that group), prints rows as they come and saves them at once. A case whose estimate
 would pass the budget is skipped; a group still running at the budget is killed. Results go to
@@ -42,6 +45,7 @@ GROUPS = {
     "yoco": "bench.gpu_perf_cases:yoco_prefill",
     "train": "bench.gpu_perf_train:train_levers",
     "retention": "bench.gpu_perf_retention:retention",
+    "int8": "bench.gpu_perf_int8:int8_decode",
 }
 ORDER = tuple(GROUPS)
 CAP_S = {"attention": 100, "mosaic": 70, "transformer": 100}  # a hung group cannot eat the rest

@@ -2,12 +2,15 @@
 
     python -m bench.gpu_perf --out $OUT --groups retention
 
-- forward of gated retention at 32K and 128K tokens (batch 1, 24 heads, head dim 128/128, bf16
+- forward of gated retention at 8K, 32K and 128K tokens (batch 1, 24 heads, head dim 128/128, bf16
   q/k/v, float32 gates log_sigmoid(x) / 16 as the model makes them): our XLA
   `chunkwise_retention` (chunks of 256, the model's) and the Triton kernel
   (kernels/retention_gpu.py) at a few tiles (chunk C, value block BV, Triton warps); ms,
   tokens/s and the kernel's relative max error against XLA (output and final state). fla's Triton
   `chunk_simple_gla` took 1.20 ms at 32K on an H100 (bench/peer_fla.py), our XLA form 4.26 ms;
+- forward + backward (the gradients of q, k, v and the gates) at the same lengths: XLA's form
+  vs `retention_impl=pallas` (the kernels' forward and fused backward, default tiles), ms and
+  the largest relative error of a gradient against XLA's;
 - yoco-3b-1m prefill of 1M tokens in chunks of 16384 with `retention_impl=pallas` (random bf16
   weights; the `yoco` group gives the same prefill with the XLA retention).
 """
@@ -21,10 +24,11 @@ import numpy as np
 from bench.attention import _run_timed
 from bench.gpu_perf_cases import _attempt, _model, _prefill_row
 from yoco_jax.kernels.retention_gpu import RetentionBlockSizes, retention_forward
+from yoco_jax.ops import retention_kernel
 from yoco_jax.ops.retention import chunkwise_retention
 
 FULL = {
-    "heads": 24, "head_dim": 128, "lengths": [32768, 131072], "xla_chunk": 256,
+    "heads": 24, "head_dim": 128, "lengths": [8192, 32768, 131072], "xla_chunk": 256,
     "tiles": [(64, 64, 4), (64, 64, 8), (64, 32, 4), (32, 32, 4), (64, 16, 4)],
     "model": "yoco-3b-1m", "prefill": (1048576, 16384),
 }  # fmt: skip
@@ -80,8 +84,35 @@ def retention(cfg, deadline, smoke):
             sizes_ = RetentionBlockSizes(chunk=chunk, block_v=block_v, num_warps=warps)
             kernel = lambda q, k, v, g, s=sizes_: retention_forward(q, k, v, g, block_sizes=s)
             yield _attempt(row, _forward_row, kernel, args, length, reference)
+        yield from _backward_rows(args, length, sizes, deadline, smoke)
         del args, reference
     yield from _prefill(sizes, deadline, smoke)
+
+
+def _backward_row(row, impl, args, cotangent, length, sizes, grads):
+    """Times the gradient of every input under `impl`; errors against the first impl's."""
+
+    def loss(q, k, v, g):
+        out, state = retention_kernel.chunkwise(q, k, v, g, sizes["xla_chunk"], impl=impl)
+        return jnp.sum(out.astype(jnp.float32) * cotangent) + jnp.sum(state)
+
+    fn = jax.jit(jax.grad(loss, argnums=range(4)))
+    seconds = _run_timed(fn, args)
+    row["ms"], row["tokens_per_s"] = seconds * 1e3, length / seconds
+    got = fn(*args)
+    first = grads.setdefault("first", got)
+    row["max_grad_rel_err_vs_xla"] = max(_relative(a, b) for a, b in zip(got, first))
+
+
+def _backward_rows(args, length, sizes, deadline, smoke):
+    cotangent = jax.random.normal(jax.random.key(1), args[2].shape)
+    grads = {}
+    for impl in ("xla", "pallas"):
+        row = {"case": "retention fwd+bwd", "T": length, "impl": impl}
+        if not deadline.allows(3 if smoke else 15 + length / 8192):
+            yield {**row, "skipped": "time budget"}
+            continue
+        yield _attempt(row, _backward_row, impl, args, cotangent, length, sizes, grads)
 
 
 def _prefill(sizes, deadline, smoke):
