@@ -23,15 +23,7 @@ comparison is measured side by side in one run and given as a ratio (Transformer
 and memory, YOCO / Transformer for throughput), with the paper's figure (3B, H100-80GB) beside
 it.
 
-Still to measure on a GPU (each command fits one device call; nothing below is guessed):
-- `python -m bench.gpu_perf --out $OUT --groups retention --budget-s 300`: the Pallas retention
-  kernel (`retention_impl=pallas`) against the XLA chunkwise form, and the 1M prefill with it;
-- `python -m bench.gpu_perf --out $OUT --groups train --budget-s 300` with unrolled layers as the
-  base (`YOCO_PERF_TRAIN=scan_layers=false`): the remat, batch and loss-chunk levers on top;
-- `python3 -m bench.peer_fla --out $OUT/peer --budget-s 330` (wheels in `.whl/`): the model-level
-  peer (prefill, decode, train step) against flash-linear-attention's YOCO;
-- `PYTHONPATH=. python bench/context_kernels_check.py`: its bf16 cases;
-- `python -m bench.suite --device gpu --budget-s 330`: the suite with the batched retention.
+Still to measure on a GPU: the section "Still unmeasured" after this introduction.
 
 How to read the columns:
 - **% of floor**: the time the work needs at this machine's rates, measured in the same run
@@ -68,6 +60,32 @@ How to read the columns:
   blocked online-softmax path, ops/chunked_attention.py). Decode is a jitted `lax.fori_loop`
   of `extend` with T=1 (recurrent retention), cache donated, on a zero cache whose rows already
   hold `context` tokens.
+
+## Still unmeasured (no GPU lent in this round)
+
+Issue 23's numbers, each with the command that measures it on one H100 (one device call each;
+`$OUT` is the device's output folder; card, jax version and numbers go into this file from
+`$OUT/results.md`). The code they time is tested on CPU; no number below exists yet.
+- **Retention kernel vs XLA vs fla at 8K/32K/128K** (forward, and forward + backward with the
+  fused Pallas backward): `python -m bench.gpu_perf --out $OUT --groups retention --budget-s 420`
+  (ours: XLA chunkwise and `retention_impl=pallas` at several tiles, gradients' error vs XLA);
+  fla's `chunk_simple_gla` on the same card: `python3 -m bench.peer_fla --out $OUT/peer
+  --budget-s 200 --cases kernel_fwd check` (wheels in `.whl/`). The default stays
+  `retention_impl=xla` (decided in ops/retention_kernel.py) until these rows show the kernels win.
+- **1M prefill time and peak memory** (yoco-3b-1m, 1,048,576 tokens through `model.prefill`;
+  target <= 6.0 s and <= 16 GB): `python -m bench.gpu_perf --out $OUT --groups yoco --budget-s
+  300` (XLA retention) and the last row of the `retention` group above (`retention_impl=pallas`).
+- **Scanned-layer MFU, yoco-1.4b and yoco-3b** (target >= 45% of nominal bf16 peak, 4x2048):
+  `python -m bench.gpu_perf --out $OUT --groups train --budget-s 420` (baseline: scanned layers;
+  the `scan` lever gives unrolled) and `YOCO_PERF_TRAIN=config=yoco-3b,remat=save_all_named
+  python -m bench.gpu_perf --out $OUT/3b --groups train --budget-s 420`.
+- **The fla model-level table at yoco-3b** (prefill 32K/128K, decode at 32K, train step 4x2048):
+  `python3 -m bench.peer_fla --out $OUT/peer --budget-s 330`.
+- **int8 decode speed-up at 1M** (target >= 1.6x over the bf16 cache): `python -m bench.gpu_perf
+  --out $OUT --groups int8 --budget-s 240` (the decode kernel at 128K/1M and yoco-3b-1m decode
+  steps at 1M context, `kv_cache_dtype` null vs int8).
+- Also still to run: `PYTHONPATH=. python bench/context_kernels_check.py` (its bf16 cases) and
+  `python -m bench.suite --device gpu --budget-s 330` (the suite with the batched retention).
 """
 
 PROFILE_ORDER = ("gpu", "cpu", "smoke")
