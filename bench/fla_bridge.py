@@ -100,6 +100,12 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
+    import jax
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "fla_bridge: no CUDA GPU visible to torch: use a GPU, or --device cpu\n")
+    jax.config.update("jax_default_matmul_precision", "highest")  # ours in true float32
     print(json.dumps(compare(args.source, args.out, args.device, args.dtype, args.new_tokens)))
 
 
