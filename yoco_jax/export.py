@@ -153,7 +153,8 @@ def write_official(
     return folder
 
 
-def _read_weights(folder: Path) -> dict[str, np.ndarray]:
+def read_weights(folder: Path) -> dict[str, np.ndarray]:
+    """{key: array} of a folder's model.safetensors, or of its one *.pth (with torch)."""
     st = folder / "model.safetensors"
     pths = sorted(folder.glob("*.pth"))
     if st.exists():
@@ -196,7 +197,7 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{folder / 'params.json'} is not valid JSON: {e}") from e
     config = from_dict(data, **overrides)
-    return config, params_from_state(config, _read_weights(folder))
+    return config, params_from_state(config, read_weights(folder))
 
 
 def params_from_state(config: ModelConfig, state: dict[str, np.ndarray]):

@@ -20,12 +20,16 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
-
 from yoco_jax.config import ModelConfig, from_dict
 from yoco_jax.data.tokenizer_resolver import TOKENIZER_FILE
 from yoco_jax.errors import CheckpointError, ConfigError
-from yoco_jax.export import params_from_state, prepare_export, save_weights, to_state_dict
+from yoco_jax.export import (
+    params_from_state,
+    prepare_export,
+    read_weights,
+    save_weights,
+    to_state_dict,
+)
 
 GATE_LOGIT_NORMALIZER = 16.0  # the official gate: log_sigmoid(x) / 16
 MAX_POSITIONS = 2048  # fla sizes its rotary tables by it; positions past it work as well
@@ -178,7 +182,7 @@ def read_fla(folder, **overrides) -> tuple[ModelConfig, dict]:
             "only gated-retention self-decoders with rope_inv_freq='yoco' in both decoders, "
             "half the layers each, load here"
         )
-    self_attn, cross = data.get("self_decoder_attn") or {}, data["cross_decoder_attn"]
+    self_attn, cross = data.get("self_decoder_attn") or {}, data.get("cross_decoder_attn") or {}
     config = from_dict({
         "dim": data["hidden_size"], "n_layers": data["num_hidden_layers"],
         "hidden_dim": data.get("intermediate_size") or _intermediate_size(data),
@@ -188,19 +192,7 @@ def read_fla(folder, **overrides) -> tuple[ModelConfig, dict]:
         "vocab_size": data.get("vocab_size", 32000), "norm_eps": data.get("norm_eps", 1e-6),
         "rope_theta": self_attn.get("rope_theta", 1e4),
     }, **overrides)  # fmt: skip
-    state = _read_safetensors(folder)
-    if data.get("tie_word_embeddings") and "lm_head.weight" not in state:
-        state["lm_head.weight"] = state.get("model.embeddings.weight")  # saved once when tied
+    state = read_weights(folder)
+    if data.get("tie_word_embeddings") and "model.embeddings.weight" in state:
+        state.setdefault("lm_head.weight", state["model.embeddings.weight"])  # saved once if tied
     return config, params_from_state(config, {official_key(k): v for k, v in state.items()})
-
-
-def _read_safetensors(folder: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    path = folder / "model.safetensors"
-    if not path.exists():
-        raise CheckpointError(f"{folder} has config.json but no model.safetensors")
-    try:
-        return {k: np.asarray(v) for k, v in load_file(str(path)).items()}
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
