@@ -135,6 +135,21 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._processor.vocab_size()
 
+    def piece(self, token: int) -> str:
+        """The sentencepiece piece of a token id ("</s>", "\u2581the", "<0x0A>")."""
+        return self._processor.id_to_piece(int(token))
+
+    def token_text(self, token: int) -> str:
+        """One token's text as it reads inside a longer text (a leading space kept; a byte
+        piece its character when it is one byte of ASCII; ids past the tokenizer: "")."""
+        if not 0 <= token < self.vocab_size:
+            return ""
+        piece = self.piece(token)
+        if self._processor.is_byte(int(token)):
+            value = int(piece[3:-1], 16)
+            return chr(value) if value < 128 else piece
+        return piece.replace("\u2581", " ")
+
     @property
     def model_bytes(self) -> bytes:
         """The serialized sentencepiece model (what `save` writes)."""

@@ -52,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--model-name", help="the id /v1/models reports (default: folder name)")
     p.add_argument("--warmup", action="store_true", help="compile every shape before serving")
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=512.0,
+        help="memory of the automatic prefix cache (0 = off; default 512)",
+    )
+    p.add_argument(
+        "--chat-template",
+        help="a Jinja2 chat template file (default: a plain "
+        "'User: / Assistant:' format for base models)",
+    )
     add_unverified_flag(p)
     return p
 
@@ -84,6 +95,10 @@ def _check_flags(args) -> None:
         raise FileNotFoundError(
             f"--cache-dir {args.cache_dir} is not a folder: create it, or leave the flag out"
         )
+    if not args.prefix_cache_mb >= 0:
+        raise ValueError(f"--prefix-cache-mb {args.prefix_cache_mb} must be >= 0 (0 = off)")
+    if args.chat_template is not None and not Path(args.chat_template).is_file():
+        raise FileNotFoundError(f"--chat-template {args.chat_template} is not a file")
 
 
 def _check_memory(config, slots: int, max_len: int) -> None:
@@ -106,6 +121,7 @@ def main(argv=None) -> None:
         import uvicorn
 
         from yoco_jax.serve.app import create_app
+        from yoco_jax.serve.chat import ChatTemplate
     except ImportError as e:
         parser.exit(2, f"{parser.prog}: error: {e}; pip install -e '.[serve]'\n")
     from yoco_jax.api import load_pretrained
@@ -131,19 +147,23 @@ def main(argv=None) -> None:
             queue_limit=args.queue_limit,
             prefill_chunk=args.prefill_chunk,
             block=args.block,
+            prefix_cache_bytes=int(args.prefix_cache_mb * 2**20),
         )
+        source = None if args.chat_template is None else Path(args.chat_template).read_text()
+        template = ChatTemplate(source, tokenizer)
     if tokenizer is None:
         print("no tokenizer: token-id prompts only (--tokenizer PATH)", file=sys.stderr)
     plan = engine.compile_plan()
     print(
         f"compiled shapes (at most): {plan} = {sum(plan.values())}; prompt rungs "
-        f"{list(engine.rungs)}",
+        f"{list(engine.buckets.length)}",
         file=sys.stderr,
     )
     if args.warmup:
         engine.warmup()
     prefixes = PrefixStore(args.cache_dir, model)
-    app = create_app(engine, args.model_name or Path(args.checkpoint).resolve().name, prefixes)
+    name = args.model_name or Path(args.checkpoint).resolve().name
+    app = create_app(engine, name, prefixes, template)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 
 
