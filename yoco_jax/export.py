@@ -5,7 +5,7 @@ Parameter names are the official `state_dict` keys: our linen path with `layers_
 An official PyTorch state_dict (`*.pth`) is read when torch is installed. An export also carries
 the model's sentencepiece `tokenizer.model`, so the folder is complete for inference.
 
-    python -m yoco_jax.export <training output or official folder> <new folder> [--dtype bfloat16]
+    yoco-export <training output or official folder> <new folder> [--dtype bfloat16]
     (the command: yoco_jax/cli/export.py; this module only converts)
 """
 
@@ -187,9 +187,3 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
     )["params"]
     params = from_state_dict(_read_weights(folder), nn.unbox(template))
     return config, stack_layers(params) if config.scan_layers else params
-
-
-if __name__ == "__main__":  # `python -m yoco_jax.export`: the command lives in yoco_jax/cli
-    from yoco_jax.cli.export import main
-
-    main()

@@ -16,6 +16,7 @@ import jax
 from yoco_jax.config import RUNTIME_FIELDS, ModelConfig, replace_checked
 from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError, ConfigError
+from yoco_jax.export import read_official
 from yoco_jax.model.handle import ModelHandle
 from yoco_jax.model.scan import to_layout
 
@@ -59,9 +60,6 @@ def load_handle(path: str | os.PathLike, **overrides) -> ModelHandle:
     if _has_checkpoints(path):
         config, params = with_runtime(*_load_run(path), **overrides)
     elif (path / "params.json").exists():
-        # Imported here: `python -m yoco_jax.export` must not find itself imported already.
-        from yoco_jax.export import read_official
-
         config, params = read_official(path, **overrides)
     else:
         raise CheckpointError(

@@ -1,4 +1,4 @@
-"""`yoco-export` (`python -m yoco_jax.export`): a training run or official folder written in the
+"""`yoco-export` (`python -m yoco_jax export`): a training run or official folder written in the
 official PyTorch layout (params.json + model.safetensors + tokenizer.model)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from yoco_jax.export import check_export_target
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.export", description=__doc__.split("\n\n")[0]
+        prog="yoco-export", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("source", help="a training output folder or an official-layout folder")
     parser.add_argument("out", help="a new folder for params.json, model.safetensors, tokenizer")

@@ -1,7 +1,7 @@
-"""`yoco-eval` (`python -m yoco_jax.eval.harness`): EleutherAI's lm-evaluation-harness tasks on
+"""`yoco-eval` (`python -m yoco_jax eval`): EleutherAI's lm-evaluation-harness tasks on
 a checkpoint (see yoco_jax/eval/harness.py; needs pip install -e '.[eval]').
 
-    python -m yoco_jax.eval.harness --checkpoint runs/demo --tasks hellaswag,lambada_openai
+    yoco-eval --checkpoint runs/demo --tasks hellaswag,lambada_openai
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _limit(text: str) -> float:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.eval.harness", description=__doc__.split("\n\n")[0]
+        prog="yoco-eval", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")

@@ -1,4 +1,4 @@
-"""`yoco-prepare` (`python -m yoco_jax.data.prepare`): a corpus tokenized once into ArrayRecord
+"""`yoco-prepare` (`python -m yoco_jax prepare`): a corpus tokenized once into ArrayRecord
 shards (see yoco_jax/data/prepare.py)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from yoco_jax.data.tokenizer import Tokenizer
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.data.prepare", description=module.__doc__,
+        prog="yoco-prepare", description=module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("--input", nargs="+", required=True, help="files, folders, globs, ...")
