@@ -13,9 +13,7 @@ from yoco_jax.export import check_export_target
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="yoco-export", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a training output folder or an official-layout folder")
     parser.add_argument("out", help="a new folder for params.json, model.safetensors, tokenizer")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

@@ -20,9 +20,7 @@ def _limit(text: str) -> float:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="yoco-eval", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     parser.add_argument("--include_path", help="a folder of extra task YAML files")

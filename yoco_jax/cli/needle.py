@@ -50,9 +50,7 @@ def _depths(text: str) -> list[float]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="yoco-needle", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-needle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
     parser.add_argument("--lengths", type=_ints, default=[256, 512, 1024, 2048])

@@ -24,9 +24,7 @@ def _label(path: str, model) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="yoco-perplexity", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-perplexity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--compare", help="a second checkpoint (e.g. the Transformer)")
     parser.add_argument("--data", nargs="+", required=True, help="text/JSONL files or folders")

@@ -71,8 +71,10 @@ def main(argv=None) -> None:
         print("no tokenizer: token-id prompts only (--tokenizer PATH)", file=sys.stderr)
     plan = engine.compile_plan()
     rungs = list(engine.rungs)
-    print(f"compiled shapes (at most): {plan} = {sum(plan.values())}; prompt rungs {rungs}",
-          file=sys.stderr)
+    print(
+        f"compiled shapes (at most): {plan} = {sum(plan.values())}; prompt rungs {rungs}",
+        file=sys.stderr,
+    )
     if args.warmup:
         engine.warmup()
     prefixes = PrefixStore(args.cache_dir, model.config)

@@ -14,9 +14,7 @@ from yoco_jax.data.tokenizer import Tokenizer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="yoco-tokenizer", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-tokenizer", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a sentencepiece model")
     train.add_argument("--input", nargs="+", required=True, help="files, folders, globs, stdlib")
