@@ -70,7 +70,7 @@ def _flash_like(q, k, v, *, window=None, impl=None):
     blocked attention (a flash kernel's memory), after an all-gather of this layer's K/V when
     the sequence is split (context parallelism as MaxText's all-gather form)."""
     pos = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), q.shape[:2])
-    if cp.context_size() == 1:
+    if sharding.tracing().context_size == 1:
         return blocked_attention(q, k, v, pos, pos, window=window)
     return cp.cross_attention(q, pos, *cp.gather_kv(k, v, pos, "gather"))
 
