@@ -14,19 +14,36 @@ PACKAGE = ROOT / "yoco_jax"
 # Lowest first. A module belongs to the layer of its longest listed prefix; `__main__` modules
 # are command-line entry points (the cli layer).
 LAYERS = [
-    ("base", ["yoco_jax.errors", "yoco_jax.config", "yoco_jax.compile_cache",
-              "yoco_jax.distributed", "yoco_jax.sharding"]),
+    (
+        "base",
+        [
+            "yoco_jax.errors",
+            "yoco_jax.config",
+            "yoco_jax.config_files",
+            "yoco_jax.compile_cache",
+            "yoco_jax.distributed",
+            "yoco_jax.sharding",
+        ],
+    ),
     ("kernels, data", ["yoco_jax.kernels", "yoco_jax.data"]),
     ("ops", ["yoco_jax.ops"]),
     ("model", ["yoco_jax.model"]),
-    ("checkpoint", ["yoco_jax.train.checkpoint", "yoco_jax.train.checksums",
-                    "yoco_jax.train.damage", "yoco_jax.export", "yoco_jax.pretrained"]),
+    (
+        "checkpoint",
+        [
+            "yoco_jax.train.checkpoint",
+            "yoco_jax.train.checksums",
+            "yoco_jax.train.damage",
+            "yoco_jax.export",
+            "yoco_jax.pretrained",
+        ],
+    ),
     ("inference", ["yoco_jax.inference"]),
     ("train", ["yoco_jax.train"]),
     ("eval, serve", ["yoco_jax.eval", "yoco_jax.serve"]),
     ("api", ["yoco_jax.api", "yoco_jax"]),
     ("cli", ["yoco_jax.cli"]),
-]  # fmt: skip
+]
 
 
 def module_name(path: Path) -> str:

@@ -42,14 +42,23 @@ def main(argv=None) -> dict:
         check_limit(args.limit)
         manager = task_manager(tasks, args.include_path)  # fails before the model loads
         lm = YocoLM(
-            checkpoint=args.checkpoint, tokenizer=args.tokenizer, batch_size=args.batch_size,
-            prefill_chunk=args.prefill_chunk, max_gen_toks=args.max_gen_toks, seed=args.seed,
+            checkpoint=args.checkpoint,
+            tokenizer=args.tokenizer,
+            batch_size=args.batch_size,
+            prefill_chunk=args.prefill_chunk,
+            max_gen_toks=args.max_gen_toks,
+            seed=args.seed,
             dtype=args.dtype,
-        )  # fmt: skip
+        )
         results = evaluate(
-            lm, tasks, manager=manager, num_fewshot=args.num_fewshot,
-            limit=args.limit, log_samples=args.log_samples, seed=args.seed,
-        )  # fmt: skip
+            lm,
+            tasks,
+            manager=manager,
+            num_fewshot=args.num_fewshot,
+            limit=args.limit,
+            log_samples=args.log_samples,
+            seed=args.seed,
+        )
     from lm_eval.utils import make_table
 
     print(make_table(results))

@@ -31,7 +31,7 @@ import jax
 from yoco_jax import compile_cache, sharding
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import one_line_warnings, reported
-from yoco_jax.config import parse_overrides
+from yoco_jax.config_files import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference import placement
 from yoco_jax.inference.generate import generate

@@ -85,8 +85,11 @@ def main(argv=None) -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     name = Path(args.checkpoint).name
     if len(args.needles) == 1:  # one count: where in the context it fails
-        plot_heatmap(results["runs"][str(args.needles[0])], out.with_suffix(".png"),
-                     f"{name}, {args.needles[0]} needle(s)")  # fmt: skip
+        plot_heatmap(
+            results["runs"][str(args.needles[0])],
+            out.with_suffix(".png"),
+            f"{name}, {args.needles[0]} needle(s)",
+        )
     else:
         plot_needles(results, out.with_suffix(".png"), f"{name}, multi-needle retrieval")
     print(f"mean score {results['mean_score']:.3f}; wrote {out}.json and {out}.png")

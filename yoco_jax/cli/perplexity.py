@@ -45,8 +45,13 @@ def main(argv=None) -> dict:
             raise CheckpointError(
                 f"{args.checkpoint} carries no tokenizer (no tokenizer.model): pass --tokenizer"
             )
-        rows = sequences(iter_texts(args.data), tokenizer, args.max_length, concat=args.concat,
-                         max_docs=args.max_docs)  # fmt: skip
+        rows = sequences(
+            iter_texts(args.data),
+            tokenizer,
+            args.max_length,
+            concat=args.concat,
+            max_docs=args.max_docs,
+        )
         models = {path: load_pretrained(path) for path in [args.checkpoint, args.compare] if path}
         for path, model in models.items():
             if model.config.vocab_size != tokenizer.vocab_size:
@@ -63,7 +68,7 @@ def main(argv=None) -> dict:
                 "nll": nll_by_position(
                     model, rows, points, batch_size=args.batch_size, chunk_size=args.prefill_chunk
                 ),
-            }  # fmt: skip
+            }
             for path, model in models.items()
         }
     results = {"max_length": args.max_length, "documents": len(rows), "curves": curves}

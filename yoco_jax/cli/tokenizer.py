@@ -26,9 +26,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     one_line_warnings(parser.prog)
     with reported(parser.prog):
         tokenizer = Tokenizer.train(
-            args.input, args.vocab_size, args.out, model_type=args.model_type,
+            args.input,
+            args.vocab_size,
+            args.out,
+            model_type=args.model_type,
             max_sentences=args.max_sentences,
-        )  # fmt: skip
+        )
     print(f"wrote {tokenizer.path} (vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]})")
 
 
