@@ -5,7 +5,7 @@ Parameter names are the official `state_dict` keys: our linen path with `layers_
 An official PyTorch state_dict (`*.pth`) is read when torch is installed. An export also carries
 the model's sentencepiece `tokenizer.model`, so the folder is complete for inference.
 
-    yoco-export <training output or official folder> <new folder> [--dtype bfloat16]
+    yoco-export <training output or official folder> <new folder> [--save-dtype bfloat16]
     (the command: yoco_jax/cli/export.py; this module only converts)
 """
 

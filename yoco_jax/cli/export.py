@@ -16,7 +16,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="yoco-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a training output folder or an official-layout folder")
     parser.add_argument("out", help="a new folder for params.json, model.safetensors, tokenizer")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--save-dtype", default="float32", choices=["float32", "bfloat16"], help="of the weights"
+    )
     parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
     parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
     args = parser.parse_args(argv)
@@ -26,9 +28,9 @@ def main(argv=None) -> None:
         model = load_pretrained(args.source)
         if args.tokenizer:
             model.tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
-        model.save_official(args.out, dtype=args.dtype, overwrite=args.force)
+        model.save_official(args.out, dtype=args.save_dtype, overwrite=args.force)
     files = "params.json, model.safetensors" + (", tokenizer.model" if model.tokenizer else "")
-    print(f"wrote {args.out}: {files} ({args.dtype})")
+    print(f"wrote {args.out}: {files} ({args.save_dtype})")
     if model.tokenizer is None:
         print(
             f"note: {args.source} has no tokenizer.model, so the export carries none; pass "

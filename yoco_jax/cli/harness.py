@@ -23,6 +23,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="yoco-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    # lm-eval's own spellings (underscores) for the flags copied from its command line
     parser.add_argument("--include_path", help="a folder of extra task YAML files")
     parser.add_argument("--num_fewshot", type=int)
     parser.add_argument("--limit", type=_limit, help="examples per task (or a fraction < 1)")
@@ -30,8 +31,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output_path", help="folder for results.json (and samples)")
     parser.add_argument("--log_samples", action="store_true", help="also write every sample")
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    parser.add_argument("--prefill_chunk", type=int, default=None, help=PREFILL_CHUNK_HELP)
-    parser.add_argument("--max_gen_toks", type=int, default=256)
+    parser.add_argument("--prefill-chunk", type=int, default=None, help=PREFILL_CHUNK_HELP)
+    parser.add_argument("--max-gen-toks", type=int, default=256)
     parser.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
