@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     usage = f"usage: python -m yoco_jax {{{','.join(COMMANDS)}}} [arguments]\n"
     if not argv or argv[0] in ("-h", "--help"):
-        sys.stdout.write(usage + __doc__.split("\n\n")[0] + "\n")
+        (sys.stdout if argv else sys.stderr).write(usage + __doc__.split("\n\n")[0] + "\n")
         sys.exit(0 if argv else 2)
     if argv[0] not in COMMANDS:
         sys.stderr.write(f"{usage}python -m yoco_jax: error: unknown command {argv[0]!r}\n")

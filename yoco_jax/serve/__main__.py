@@ -2,4 +2,5 @@
 
 from yoco_jax.cli.serve import main
 
-main()
+if __name__ == "__main__":
+    main()
