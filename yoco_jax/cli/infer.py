@@ -63,7 +63,7 @@ def _int(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="yoco-infer", description=__doc__.split("\n\n")[0],
+        prog="infer.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
     )  # fmt: skip
     p.add_argument("--checkpoint", required=True, help="training output or official folder")
