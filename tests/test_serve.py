@@ -296,7 +296,7 @@ def test_shutdown_drains_in_flight_requests():
 
 
 def test_command_line_errors(capsys, tmp_path):
-    from yoco_jax.serve.__main__ import main
+    from yoco_jax.cli.serve import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(tmp_path / "missing")])

@@ -4,7 +4,7 @@ Models trained here use pad 0, eos 1, bos 2, unk 3 (the same ids at training and
 byte fallback (any text encodes, nothing maps to unk), and no text normalization: whitespace,
 indentation and newlines survive `decode(encode(text)) == text`.
 
-    python -m yoco_jax.data.tokenizer train --input stdlib --vocab-size 2048 --out /tmp/tok
+    yoco-tokenizer train --input stdlib --vocab-size 2048 --out /tmp/tok
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ class Tokenizer:
             raise ValueError(
                 f"{path or 'tokenizer bytes'} is not a valid sentencepiece model ({error}); "
                 "pass a .model file written by sentencepiece (e.g. by "
-                "`python -m yoco_jax.data.tokenizer train`)."
+                "`yoco-tokenizer train`)."
             ) from None
         if processor.eos_id() < 0:
             raise ValueError(
                 f"tokenizer {path or ''} defines no end-of-sequence piece; packing needs one "
-                "to separate documents. Train one with `python -m yoco_jax.data.tokenizer train`."
+                "to separate documents. Train one with `yoco-tokenizer train`."
             )
         self._processor = processor
         self._proto = model_proto
@@ -53,7 +53,7 @@ class Tokenizer:
         if not path.is_file():
             raise FileNotFoundError(
                 f"tokenizer model {str(path)!r} does not exist; expected a sentencepiece "
-                ".model file (train one with `python -m yoco_jax.data.tokenizer train`)."
+                ".model file (train one with `yoco-tokenizer train`)."
             )
         return cls(path.read_bytes(), str(path))
 
@@ -196,9 +196,3 @@ def _sentences(texts: Iterator[str]) -> Iterator[str]:
         for line in text.splitlines():
             if line.strip():
                 yield line
-
-
-if __name__ == "__main__":  # the command lives in yoco_jax/cli/tokenizer.py
-    from yoco_jax.cli.tokenizer import main
-
-    main()

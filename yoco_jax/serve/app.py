@@ -19,19 +19,22 @@ import contextlib
 import time
 import uuid
 
-try:
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-    from starlette.routing import Route
-except ImportError as e:  # an optional dependency
-    message = f"serving needs starlette and uvicorn ({e}): pip install -e '.[serve]'"
-    raise ImportError(message) from None
-
 from yoco_jax.serve.chat import ChatTemplate, parse_chat
 from yoco_jax.serve.choices import Call, chat_choice, completion_choice, usage
 from yoco_jax.serve.engine import Closed, Engine, QueueFull, Request
-from yoco_jax.serve.http import disconnected, error_response, read_json, sse
+from yoco_jax.serve.http import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    Route,
+    Starlette,
+    StreamingResponse,
+    disconnected,
+    error_response,
+    read_json,
+    run_in_threadpool,
+    sse,
+)
 from yoco_jax.serve.prefix import PrefixStore
 from yoco_jax.serve.schema import ApiError, parse_completion
 from yoco_jax.serve.tokenizer_api import tokenizer_routes

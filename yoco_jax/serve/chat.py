@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jinja2
-import jinja2.sandbox
+try:
+    import jinja2
+    import jinja2.sandbox
+except ImportError as e:
+    raise ImportError(f"chat templates need jinja2 ({e}): pip install -e '.[serve]'") from None
 
 from yoco_jax.serve.schema import ApiError, body_fields, int_field, shared_fields
 

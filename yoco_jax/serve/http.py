@@ -1,13 +1,35 @@
-"""What every route shares: reading a bounded JSON body, OpenAI-style error responses,
-server-sent events, and noticing a client that went away."""
+"""What every route shares: starlette (imported here, with the install hint when missing),
+reading a bounded JSON body, OpenAI-style error responses, server-sent events, and noticing a
+client that went away."""
 
 from __future__ import annotations
 
 import json
 
-from starlette.responses import JSONResponse
+try:  # the one place serving imports its optional dependency
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+    from starlette.routing import Route
+except ImportError as e:
+    message = f"serving needs starlette and uvicorn ({e}): pip install -e '.[serve]'"
+    raise ImportError(message) from None
 
 from yoco_jax.serve.schema import ApiError
+
+__all__ = [
+    "JSONResponse",
+    "PlainTextResponse",
+    "Response",
+    "Route",
+    "Starlette",
+    "StreamingResponse",
+    "disconnected",
+    "error_response",
+    "read_json",
+    "run_in_threadpool",
+    "sse",
+]
 
 
 def error_response(e: ApiError, headers: dict | None = None) -> JSONResponse:

@@ -14,10 +14,7 @@ find the EOS id this way). No BOS token is reported: documents start after an EO
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
-from yoco_jax.serve.http import error_response, read_json
+from yoco_jax.serve.http import JSONResponse, Route, error_response, read_json
 from yoco_jax.serve.schema import ApiError, check_text
 
 
