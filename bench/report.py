@@ -84,8 +84,11 @@ Issue 23's numbers, each with the command that measures it on one H100 (one devi
 - **int8 decode speed-up at 1M** (target >= 1.6x over the bf16 cache): `python -m bench.gpu_perf
   --out $OUT --groups int8 --budget-s 240` (the decode kernel at 128K/1M and yoco-3b-1m decode
   steps at 1M context, `kv_cache_dtype` null vs int8).
-- Also still to run: `PYTHONPATH=. python bench/context_kernels_check.py` (its bf16 cases) and
-  `python -m bench.suite --device gpu --budget-s 330` (the suite with the batched retention).
+- Also still to run: `PYTHONPATH=. python bench/context_kernels_check.py` (its bf16 cases),
+  `python -m bench.suite --device gpu --budget-s 330` (the suite with the batched retention) and
+  `PYTHONPATH=.:$FLA_SITE python -m bench.fla_bridge runs/demo $OUT/fla --device cuda --dtype
+  bfloat16` (and `--dtype float32 --new-tokens 32`): the fla export under fla's Triton kernels,
+  logits and greedy `generate` against ours (docs/pytorch.md).
 """
 
 PROFILE_ORDER = ("gpu", "cpu", "smoke")

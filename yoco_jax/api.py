@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from yoco_jax import inference
 from yoco_jax.config import ModelConfig, get_config
+from yoco_jax.export import write_official
 from yoco_jax.model import build_model
 from yoco_jax.model.handle import ModelHandle
 from yoco_jax.pretrained import load_handle, with_runtime
@@ -57,10 +58,15 @@ class Model(ModelHandle):
         """Writes the official PyTorch layout (params.json + model.safetensors) and the
         tokenizer (tokenizer.model) when the model has one, into a new or empty folder
         (`overwrite=True` replaces an earlier export there)."""
-        # Imported here: `python -m yoco_jax.export` must not find itself imported already.
-        from yoco_jax.export import write_official
-
         return write_official(path, self.config, self.params, dtype, self.tokenizer, overwrite)
+
+    def save_fla(self, path, dtype: str = "float32", overwrite: bool = False) -> Path:
+        """Writes flash-linear-attention's layout (config.json, model.safetensors with fla's
+        names, generation_config.json, Hugging Face tokenizer files): a folder that
+        `fla.models.YOCOForCausalLM.from_pretrained` loads (yoco_jax/fla_layout.py)."""
+        from yoco_jax.fla_layout import write_fla
+
+        return write_fla(path, self.config, self.params, dtype, self.tokenizer, overwrite)
 
     def replace(self, **overrides) -> Model:
         """The same weights under other runtime settings (config.RUNTIME_FIELDS: dtype,
@@ -85,8 +91,9 @@ def init(config: ModelConfig | str, seed: int = 0) -> Model:
 def load_pretrained(
     path: str | os.PathLike, *, allow_unverified: bool = False, **overrides
 ) -> Model:
-    """Loads a training output folder of this project (its latest checkpoint) or an
-    official-layout folder (params.json + model.safetensors / *.pth), with the folder's
+    """Loads a training output folder of this project (its latest checkpoint), an
+    official-layout folder (params.json + model.safetensors / *.pth) or an fla-layout one
+    (config.json + model.safetensors: `Model.save_fla`'s), with the folder's
     tokenizer.model when it has one (never a guessed one). A run folder's checkpoints win over
     a params.json beside them. `overrides`: runtime fields only (config.RUNTIME_FIELDS).
     A checkpoint step without checksums cannot be verified: it is refused (CheckpointError)

@@ -61,7 +61,8 @@ def run_layers(layers, x, positions, fresh: bool = False, caches=None, valid=Non
 
 
 def run_cross(layers, x, positions, mixer_args: tuple):
-    """Cross-decoder layers, every one reading the same `mixer_args` (k, v, lengths, kv_pos)."""
+    """Cross-decoder layers, every one reading the same `mixer_args` (k, v, lengths, kv_pos,
+    k_scale, v_scale)."""
     if isinstance(layers, list | tuple):
         for layer in layers:
             x, _ = layer(x, positions, False, mixer_args)
