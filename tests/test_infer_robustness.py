@@ -263,7 +263,7 @@ def test_loading_creates_nothing(export, tmp_path):
     yoco_jax.load_pretrained(export)
     assert sorted(os.listdir(export)) == before
     (tmp_path / "plain").mkdir()
-    with pytest.raises(yoco_jax.CheckpointError, match="neither an official-layout folder"):
+    with pytest.raises(yoco_jax.CheckpointError, match="neither an exported model"):
         yoco_jax.load_pretrained(tmp_path / "plain")
     assert os.listdir(tmp_path / "plain") == []  # used to gain an empty checkpoints/
 

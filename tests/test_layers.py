@@ -21,7 +21,7 @@ LAYERS = [
     ("sharding", ["yoco_jax.sharding"]),
     ("checkpoint", ["yoco_jax.train.checkpoint", "yoco_jax.train.checksums",
                     "yoco_jax.train.damage", "yoco_jax.train.load", "yoco_jax.export",
-                    "yoco_jax.pretrained"]),
+                    "yoco_jax.fla_layout", "yoco_jax.pretrained"]),
     ("inference", ["yoco_jax.inference"]),
     ("train", ["yoco_jax.train"]),
     ("eval, serve", ["yoco_jax.eval", "yoco_jax.serve"]),

@@ -88,22 +88,23 @@ def test_compilations_are_bounded_over_50_requests():
 def test_queue_limit_and_cancel():
     engine = Engine(tiny(), None, slots=1, max_len=MAX_LEN, prefill_chunk=CHUNK, queue_limit=2)
     events = []
-    reqs = [
-        Request([5, 6, 7], 8, on_event=lambda k, d, i=i: events.append((i, k, d))) for i in range(3)
-    ]
-    engine.submit(reqs[0])
-    engine.submit(reqs[1])
+    on = lambda i: lambda kind, data: events.append((i, kind, data))
+    reqs = [Request([5, 6, 7], 8, on_event=on(i)) for i in range(4)]
+    for req in reqs[:3]:  # the free slot's request, then --queue-limit 2 waiting
+        engine.submit(req)
     with pytest.raises(QueueFull):
-        engine.submit(reqs[2])
+        engine.submit(reqs[3])
     engine.cancel(reqs[0])
     engine.run_until_idle()
-    # The cancelled one ends with exactly one final event and nothing else; the second ran.
+    # The cancelled one ends with exactly one final event and nothing else; the others ran.
     assert [(i, k) for i, k, _ in events if i == 0] == [(0, "cancelled")]
-    events = [e for e in events if e[0] == 1]
-    (_, last, result), deltas = events[-1], events[:-1]
-    assert last == "done" and len(result.tokens) == 8 and result.finish_reason == "length"
-    # Without a tokenizer the deltas carry the new ids (and empty text).
-    assert sum((d[1] for _, k, d in deltas), []) == result.tokens and result.text == ""
+    assert not [e for e in events if e[0] == 3]
+    for i in (1, 2):
+        mine = [e for e in events if e[0] == i]
+        (_, last, result), deltas = mine[-1], mine[:-1]
+        assert last == "done" and len(result.tokens) == 8 and result.finish_reason == "length"
+        # Without a tokenizer the deltas carry the new ids (and empty text).
+        assert sum((d[1] for _, k, d in deltas), []) == result.tokens and result.text == ""
     with pytest.raises(ValueError, match="max-len"):
         engine.submit(Request([5] * 90, 8))  # 90 + 8 - 1 = 97 positions > 96
     with pytest.raises(ValueError, match="empty"):

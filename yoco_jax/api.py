@@ -62,6 +62,14 @@ class Model(ModelHandle):
 
         return write_official(path, self.config, self.params, dtype, self.tokenizer, overwrite)
 
+    def save_fla(self, path, dtype: str = "float32", overwrite: bool = False) -> Path:
+        """Writes flash-linear-attention's layout (config.json, model.safetensors with fla's
+        names, generation_config.json, Hugging Face tokenizer files): a folder that
+        `fla.models.YOCOForCausalLM.from_pretrained` loads (yoco_jax/fla_layout.py)."""
+        from yoco_jax.fla_layout import write_fla
+
+        return write_fla(path, self.config, self.params, dtype, self.tokenizer, overwrite)
+
     def replace(self, **overrides) -> Model:
         """The same weights under other runtime settings (config.RUNTIME_FIELDS: dtype,
         attention_impl, chunk_size, kernel options...; a new param_dtype casts the weights)."""
@@ -85,8 +93,9 @@ def init(config: ModelConfig | str, seed: int = 0) -> Model:
 def load_pretrained(
     path: str | os.PathLike, *, allow_unverified: bool = False, **overrides
 ) -> Model:
-    """Loads a training output folder of this project (its latest checkpoint) or an
-    official-layout folder (params.json + model.safetensors / *.pth), with the folder's
+    """Loads a training output folder of this project (its latest checkpoint), an
+    official-layout folder (params.json + model.safetensors / *.pth) or an fla-layout one
+    (config.json + model.safetensors: `Model.save_fla`'s), with the folder's
     tokenizer.model when it has one (never a guessed one). A run folder's checkpoints win over
     a params.json beside them. `overrides`: runtime fields only (config.RUNTIME_FIELDS).
     A checkpoint step without checksums cannot be verified: it is refused (CheckpointError)

@@ -113,8 +113,41 @@ def check_export_target(folder, overwrite: bool = False) -> None:
     if folder.is_dir() and any(folder.iterdir()) and not overwrite:
         raise ValueError(
             f"export target {folder} is not empty: give a new folder, or --force (overwrite=True) "
-            "to replace the params.json, model.safetensors and tokenizer.model there"
+            "to replace the export there"
         )
+
+
+# Every file an export writes, in either layout (official, or fla's: yoco_jax/fla_layout.py):
+# replacing an export clears them all, so no file of the old one pairs with the new weights.
+EXPORT_FILES = ("params.json", "config.json", "generation_config.json", "model.safetensors",
+                TOKENIZER_FILE, "tokenizer.json", "tokenizer_config.json")  # fmt: skip
+
+
+def prepare_export(folder, config: ModelConfig, dtype: str, overwrite: bool) -> Path:
+    """Checks an export (YOCO, float32 or bfloat16, a usable target: check_export_target) and
+    returns the folder, created, with an earlier export's files removed."""
+    if config.arch != "yoco":
+        raise ConfigError("the PyTorch layouts exist for YOCO models only (arch=yoco)")
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"export dtype={dtype!r}: choose float32 or bfloat16")
+    folder = Path(folder)
+    check_export_target(folder, overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in EXPORT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    return folder
+
+
+def save_weights(folder: Path, state: dict[str, np.ndarray], dtype: str) -> None:
+    """`model.safetensors` of a torch-layout state in `dtype`, as readable as the folder's
+    other files (safetensors writes 0600)."""
+    from safetensors.numpy import save_file
+
+    np_dtype = np.dtype("float32") if dtype == "float32" else jax.numpy.bfloat16
+    state = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in state.items()}
+    weights = folder / "model.safetensors"
+    save_file(state, str(weights), metadata={"format": "pt"})  # transformers requires "pt"
+    os.chmod(weights, stat.S_IMODE(folder.stat().st_mode) & 0o666)
 
 
 def write_official(
@@ -123,31 +156,16 @@ def write_official(
 ) -> Path:  # fmt: skip
     """Writes `params.json`, `model.safetensors` (float32 or bfloat16) and, when given, the
     tokenizer as `tokenizer.model` into `folder` (see check_export_target)."""
-    from safetensors.numpy import save_file
-
-    if config.arch != "yoco":
-        raise ConfigError("the official layout exists for YOCO models only (arch=yoco)")
-    if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"export dtype={dtype!r}: choose float32 or bfloat16")
-    folder = Path(folder)
-    check_export_target(folder, overwrite)
-    folder.mkdir(parents=True, exist_ok=True)
-    np_dtype = np.dtype("float32") if dtype == "float32" else jax.numpy.bfloat16
-    state = {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in to_state_dict(params).items()}
-    params_json = folder / "params.json"
-    params_json.write_text(json.dumps(official_params_json(config), indent=2) + "\n")
-    weights = folder / "model.safetensors"
-    save_file(state, str(weights))
-    os.chmod(weights, stat.S_IMODE(params_json.stat().st_mode))  # safetensors writes 0600
-    tokenizer_file = folder / TOKENIZER_FILE
+    folder = prepare_export(folder, config, dtype, overwrite)
+    (folder / "params.json").write_text(json.dumps(official_params_json(config), indent=2) + "\n")
+    save_weights(folder, to_state_dict(params), dtype)
     if tokenizer is not None:
-        tokenizer.save(tokenizer_file)  # the exact model bytes, even if unsaved
-    elif tokenizer_file.exists():  # a replaced export's tokenizer must not pair with new weights
-        tokenizer_file.unlink()
+        tokenizer.save(folder / TOKENIZER_FILE)  # the exact model bytes, even if unsaved
     return folder
 
 
-def _read_weights(folder: Path) -> dict[str, np.ndarray]:
+def read_weights(folder: Path) -> dict[str, np.ndarray]:
+    """{key: array} of a folder's model.safetensors, or of its one *.pth (with torch)."""
     st = folder / "model.safetensors"
     pths = sorted(folder.glob("*.pth"))
     if st.exists():
@@ -181,8 +199,6 @@ def _read_weights(folder: Path) -> dict[str, np.ndarray]:
 
 def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
     """Reads an official-layout folder -> (config, params); overrides e.g. dtype="bfloat16"."""
-    from yoco_jax.model import build_model
-
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
@@ -200,12 +216,20 @@ def read_official(folder, **overrides) -> tuple[ModelConfig, dict]:
             "the model's settings"
         )
     config = from_dict(data, **overrides)
+    return config, params_from_state(config, read_weights(folder))
+
+
+def params_from_state(config: ModelConfig, state: dict[str, np.ndarray]):
+    """{official key: array} -> params of `config` (its layer layout); CheckpointError naming
+    the missing, unexpected and misshapen keys."""
+    from yoco_jax.model import build_model
+
     unrolled = dataclasses.replace(config, scan_layers=False)  # the file's layout
     template = jax.eval_shape(
         lambda: build_model(unrolled).init(jax.random.key(0), np.zeros((1, 1), np.int32))
     )["params"]
-    params = from_state_dict(_read_weights(folder), nn.unbox(template))
-    return config, stack_layers(params) if config.scan_layers else params
+    params = from_state_dict(state, nn.unbox(template))
+    return stack_layers(params) if config.scan_layers else params
 
 
 if __name__ == "__main__":  # `python -m yoco_jax.export`: the command lives in yoco_jax/cli

@@ -1,5 +1,6 @@
-"""Loading a saved model: a training run folder (its latest intact checkpoint) or an
-official-layout folder (params.json + model.safetensors / *.pth), with the folder's tokenizer.
+"""Loading a saved model: a training run folder (its latest intact checkpoint), an
+official-layout folder (params.json + model.safetensors / *.pth) or flash-linear-attention's
+layout (config.json + model.safetensors: fla_layout.py), with the folder's tokenizer.
 
 `yoco_jax.load_pretrained` (api.py) wraps this in a `Model`; inference, evaluation and serving
 use `load_handle` and the `ModelHandle` it returns.
@@ -8,6 +9,7 @@ use `load_handle` and the `ModelHandle` it returns.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -55,12 +57,12 @@ def with_runtime(config: ModelConfig, params, **overrides) -> tuple[ModelConfig,
 def load_handle(
     path: str | os.PathLike, *, allow_unverified: bool = False, **overrides
 ) -> ModelHandle:
-    """Loads a training output folder of this project (its latest checkpoint) or an
-    official-layout folder, with the folder's tokenizer.model when it has one (never a guessed
-    one). A run folder's checkpoints win over a params.json beside them. `overrides`: runtime
-    fields only (config.RUNTIME_FIELDS). A checkpoint step without checksums (deleted, or saved
-    before they existed) is refused unless `allow_unverified` (then loaded with a warning).
-    Reads only: nothing is created in `path`."""
+    """Loads a training output folder of this project (its latest checkpoint), an
+    official-layout or an fla-layout folder, with the folder's tokenizer.model when it has one
+    (never a guessed one). A run folder's checkpoints win over a params.json beside them.
+    `overrides`: runtime fields only (config.RUNTIME_FIELDS). A checkpoint step without
+    checksums (deleted, or saved before they existed) is refused unless `allow_unverified`
+    (then loaded with a warning). Reads only: nothing is created in `path`."""
     check_runtime_overrides(overrides)  # before the (slow) load
     path = Path(path)
     if not path.exists():
@@ -76,12 +78,24 @@ def load_handle(
         from yoco_jax.export import read_official
 
         config, params = read_official(path, **overrides)
+    elif is_fla_folder(path):
+        from yoco_jax.fla_layout import read_fla
+
+        config, params = read_fla(path, **overrides)
     else:
         raise CheckpointError(
-            f"{path} is neither an official-layout folder (no params.json) nor a training "
-            "output folder (no checkpoints/ with a saved step)"
+            f"{path} is neither an exported model (no params.json, no config.json of an fla "
+            "YOCO) nor a training output folder (no checkpoints/ with a saved step)"
         )
     return ModelHandle(config, params, find_tokenizer(path, config.vocab_size))
+
+
+def is_fla_folder(path: Path) -> bool:
+    """Whether `path` holds a config.json of fla's YOCO (model_type "yoco")."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type") == "yoco"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _has_checkpoints(path: Path) -> bool:

@@ -1,5 +1,7 @@
-"""`yoco-export` (`python -m yoco_jax.export`): a training run or official folder written in the
-official PyTorch layout (params.json + model.safetensors + tokenizer.model)."""
+"""`yoco-export` (`python -m yoco_jax.export`): a training run or exported folder written in the
+official PyTorch layout (params.json + model.safetensors + tokenizer.model), or with
+--format fla in flash-linear-attention's (a transformers model: config.json, model.safetensors,
+generation_config.json, tokenizer.json; docs/pytorch.md)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m yoco_jax.export", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("source", help="a training output folder or an official-layout folder")
-    parser.add_argument("out", help="a new folder for params.json, model.safetensors, tokenizer")
+    parser.add_argument("source", help="a training output folder or an exported folder")
+    parser.add_argument("out", help="a new folder for the export")
+    parser.add_argument(
+        "--format", default="official", choices=["official", "fla"],
+        help="official: YOCO's params.json layout; fla: flash-linear-attention's YOCOForCausalLM",
+    )  # fmt: skip
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
     parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
@@ -29,8 +35,9 @@ def main(argv=None) -> None:
         model = load_pretrained(args.source, allow_unverified=args.allow_unverified)
         if args.tokenizer:
             model.tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
-        model.save_official(args.out, dtype=args.dtype, overwrite=args.force)
-    files = "params.json, model.safetensors" + (", tokenizer.model" if model.tokenizer else "")
+        save = model.save_fla if args.format == "fla" else model.save_official
+        folder = save(args.out, dtype=args.dtype, overwrite=args.force)
+    files = ", ".join(sorted(p.name for p in folder.iterdir()))
     print(f"wrote {args.out}: {files} ({args.dtype})")
     if model.tokenizer is None:
         print(

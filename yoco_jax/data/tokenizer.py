@@ -136,6 +136,11 @@ class Tokenizer:
         return self._processor.vocab_size()
 
     @property
+    def model_bytes(self) -> bytes:
+        """The serialized sentencepiece model (what `save` writes)."""
+        return self._proto
+
+    @property
     def eos_id(self) -> int:
         return self._processor.eos_id()
 

@@ -1,8 +1,9 @@
 """Exact log-likelihoods of whole token sequences, chunk by chunk through the inference cache.
 
-Each chunk runs like a prefill (`extend`: retention states / window rings carried, K/V written
-once) except that the output layers run at every position of the chunk, so any document length
-is scored exactly, never windowed or truncated. Activations are O(batch x chunk); what grows
+Each chunk runs like a prefill (inference's own `prefill_steps` with targets: retention states
+/ window rings carried, K/V written once) except that the output layers run at every position
+of the chunk (`extend(logits="all")`), so any document length is scored exactly, never
+windowed or truncated. Activations are O(batch x chunk); what grows
 with the length is the cache: YOCO's one global K/V (the Transformer's K/V of every layer).
 The log-softmax, the target's log-probability and the greedy check happen inside the jitted
 chunk, so no [B, T, vocab] array ever leaves it.
@@ -10,28 +11,13 @@ chunk, so no [B, T, vocab] array ever leaves it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from yoco_jax.config import ModelConfig
+from yoco_jax.inference.chunked_prefill import prefill_tokens
 from yoco_jax.inference.plan import Buckets, default_prefill_chunk, plan
-from yoco_jax.model import build_model, init_cache
 from yoco_jax.model.handle import ModelHandle
-
-
-@functools.partial(jax.jit, static_argnames=("config", "fresh"), donate_argnames=("cache",))
-def _score_chunk(config: ModelConfig, params, tokens, targets, n_new, cache, fresh: bool):
-    """(log p(target) [B, T] float32, target is the argmax [B, T] bool, cache)."""
-    logits, cache = build_model(config).apply(
-        {"params": params}, tokens, cache, n_new, fresh, "all", method="extend"
-    )
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return picked, jnp.argmax(logits, axis=-1) == targets, cache
 
 
 def score_batch(
@@ -40,26 +26,19 @@ def score_batch(
     """Rows of >= 2 tokens, padded into one batch of `n_rows` -> per row (log-probs [L - 1],
     greedy [L - 1]) of tokens 1..L-1 given the tokens before them."""
     shape = plan([len(r) - 1 for r in rows], buckets=Buckets(), prefill_chunk=prefill_chunk)
-    width, chunk = shape.width, shape.chunk  # a power of two (>= 16), a multiple of the chunk
-    inputs = np.zeros((n_rows, width), np.int32)
-    targets = np.zeros((n_rows, width), np.int32)
+    # A power of two (>= 16), a multiple of the chunk: few shapes over a whole task.
+    inputs = np.zeros((n_rows, shape.width), np.int32)
+    targets = np.zeros((n_rows, shape.width), np.int32)
     n = np.zeros((n_rows,), np.int32)
     for i, row in enumerate(rows):
         inputs[i, : len(row) - 1] = row[:-1]
         targets[i, : len(row) - 1] = row[1:]
         n[i] = len(row) - 1
-    cache = init_cache(model.config, n_rows, width)
-    logp = np.zeros((n_rows, width), np.float32)
-    greedy = np.zeros((n_rows, width), bool)
-    for start in range(0, int(n.max()), chunk):
-        end = start + chunk
-        n_new = np.clip(n - start, 0, chunk).astype(np.int32)
-        lp, g, cache = _score_chunk(
-            model.config, model.params, inputs[:, start:end], targets[:, start:end], n_new,
-            cache, start == 0,
-        )  # fmt: skip
-        logp[:, start:end], greedy[:, start:end] = jax.device_get((lp, g))
-    return [(logp[i, : n[i]], greedy[i, : n[i]]) for i in range(len(rows))]
+    _, _, scores = prefill_tokens(
+        model, inputs, n, prefill_chunk=shape.chunk, targets=targets, top=1
+    )
+    greedy = scores.top_ids[..., 0] == targets[:, : scores.logp.shape[1]]
+    return [(scores.logp[i, : n[i]], greedy[i, : n[i]]) for i in range(len(rows))]
 
 
 def score_rows(

@@ -12,12 +12,14 @@ the end; `prefill_lists` plans the shapes and readies a continued cache (copied,
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from jaxtyping import Array, Float, Int
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.inference import placement
@@ -44,6 +46,32 @@ def extend_chunk(config: ModelConfig, params, tokens, n_new, cache, last, fresh:
     return placement.constrain((jnp.where((n_new > 0)[:, None], logits, last), cache))
 
 
+class Scores(NamedTuple):
+    """Per position p of a prompt: log p(targets[p]) and the `top` most likely next tokens."""
+
+    logp: Float[Array, "B P"]
+    top_ids: Int[Array, "B P K"]
+    top_logp: Float[Array, "B P K"]
+
+
+@functools.partial(
+    jax.jit, static_argnames=("config", "fresh", "top"), donate_argnames=("cache", "last")
+)
+def score_chunk(config: ModelConfig, params, tokens, targets, n_new, cache, last, fresh, top):
+    """`extend(logits="all")` over one chunk [B, C], scored inside the jit (no [B, C, V] array
+    leaves it): (last logits [B, V], cache, Scores of the chunk: log p(target) [B, C] and the
+    `top` most likely ids [B, C, top] with their log-probs)."""
+    logits, cache = build_model(config).apply(
+        {"params": params}, tokens, cache, n_new, fresh, "all", method="extend"
+    )
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    top_logp, top_ids = jax.lax.top_k(logp, top)
+    final = jnp.take_along_axis(logits, jnp.maximum(n_new - 1, 0)[:, None, None], axis=1)[:, 0]
+    last = jnp.where((n_new > 0)[:, None], final, last)
+    return placement.constrain((last, cache, Scores(picked, top_ids.astype(jnp.int32), top_logp)))
+
+
 def prefill_steps(
     model: ModelHandle,
     tokens: np.ndarray,
@@ -53,10 +81,17 @@ def prefill_steps(
     max_len: int | None = None,
     prefill_chunk: int | None = None,
     mesh: Mesh | None = None,
-) -> Iterator[int]:
+    targets: np.ndarray | None = None,
+    top: int = 1,
+) -> Generator[tuple, None, tuple]:
     """A generator over the chunks of right-padded tokens [B, P] (lengths[b] real ones, 0
-    allowed): yields each chunk's width after running it, returns (logits [B, V], cache).
+    allowed): yields (chunk width, last logits, cache) after each chunk (the arrays are donated
+    to the next chunk: copy them to keep them), returns (logits [B, V], cache), or with
+    `targets` [B, P] (logits, cache, Scores as numpy arrays [B, P, ...]).
 
+    Without `targets` the cross-decoder runs at each chunk's last token only (early exit);
+    with them at every position (`extend(logits="all")`), scoring targets[b, p] after
+    tokens[b, :p + 1] and keeping the `top` most likely tokens (a prompt's log-probs).
     Without `cache`, a fresh one of `max_len` positions (default P) is made; a given cache is
     continued and consumed. Chunks wholly past every row's end are skipped. P need not be a
     multiple of the chunk: a shorter last chunk costs one more compilation. `mesh`: see
@@ -78,19 +113,29 @@ def prefill_steps(
         )
     params = placement.place_params(cfg, model.params, mesh)
     last = placement.place(jnp.zeros((b, cfg.vocab_size), jnp.float32), mesh)
+    scores = []
     with placement.use(mesh):
         for start in range(0, max(int(lengths.max(initial=0)), 1), chunk):
             piece = tokens[:, start : start + chunk]
             n_new = np.clip(lengths - start, 0, piece.shape[1]).astype(np.int32)
             piece, n_new = placement.place((piece, n_new), mesh)
-            last, cache = extend_chunk(cfg, params, piece, n_new, cache, last, fresh)
+            if targets is None:
+                last, cache = extend_chunk(cfg, params, piece, n_new, cache, last, fresh)
+            else:
+                aim = placement.place(targets[:, start : start + chunk], mesh)
+                last, cache, got = score_chunk(
+                    cfg, params, piece, aim, n_new, cache, last, fresh, top
+                )
+                scores.append(jax.device_get(got))
             fresh = False
-            yield piece.shape[1]
-    return last, cache
+            yield piece.shape[1], last, cache  # a consumer may copy the state at the boundary
+    if targets is None:
+        return last, cache
+    return last, cache, Scores(*(np.concatenate(part, axis=1) for part in zip(*scores)))
 
 
 def prefill_tokens(model: ModelHandle, tokens, lengths, cache: Cache | None = None, **kwargs):
-    """`prefill_steps` run to the end: (logits [B, V], cache)."""
+    """`prefill_steps` run to the end: its return value."""
     steps = prefill_steps(model, tokens, lengths, cache, **kwargs)
     while True:
         try:

@@ -42,6 +42,11 @@ class DecodeState(NamedTuple):
     temperature: Float[Array, " B"]  # 0 = greedy
     top_k: Int[Array, " B"]  # 0 = no cut
     top_p: Float[Array, " B"]  # 1 = no cut
+    # Log-probs (the model's own distribution, before sampling settings) of each token in the
+    # ring and its K most likely alternatives; rings of width 0 when not asked for.
+    logprobs: Float[Array, "B M"]
+    top_ids: Int[Array, "B M K"]
+    top_logprobs: Float[Array, "B M K"]
 
 
 def pick(s: DecodeState) -> Int[Array, " B"]:
@@ -67,6 +72,16 @@ def decode_step(model, params, s: DecodeState, stop_ids) -> DecodeState:
     live = ~s.done
     tokens = s.tokens.at[rows, jnp.where(live, s.n_out % ring, ring)].set(token, mode="drop")
     n_out = s.n_out + live
+    if s.logprobs.shape[1]:  # static: only states that asked for log-probs pay for them
+        at = (rows, jnp.where(live, s.n_out % ring, ring))
+        logp = jax.nn.log_softmax(s.logits, axis=-1)
+        top_logp, top_ids = jax.lax.top_k(logp, s.top_ids.shape[2])
+        chosen = jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+        s = s._replace(
+            logprobs=s.logprobs.at[at].set(chosen, mode="drop"),
+            top_ids=s.top_ids.at[at].set(top_ids.astype(jnp.int32), mode="drop"),
+            top_logprobs=s.top_logprobs.at[at].set(top_logp, mode="drop"),
+        )
     stopped = jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
     done = s.done | stopped | (n_out >= s.max_new)
     feed = ~done  # the last token of a finished row is never fed: no cache room needed
@@ -98,19 +113,24 @@ def start_decode(
     buffer: int | None = None,
     sampling: Sampling = GREEDY,
     max_len: int | None = None,
+    logprobs: int | None = None,
 ) -> DecodeState:
     """The decode state after a prefill: `max_new_tokens` an int or one per row (0 = skip the
     row), an output ring of `buffer` tokens (default: the largest budget, so nothing wraps),
     `sampling` for every row and row i drawing from key i of `seed`. `max_len`: the cache
     positions the rows will decode in (default the cache's; more for a row prefilled at a
-    shorter length and then inserted into a batch, `insert_row`)."""
+    shorter length and then inserted into a batch, `insert_row`). `logprobs`: None, or record
+    each new token's log-prob and its `logprobs` most likely alternatives (0 to 20)."""
     b = cache.lengths.shape[0]
     max_new = np.broadcast_to(np.asarray(max_new_tokens, np.int32), (b,))
     if (max_new < 0).any():
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     buffer = buffer or max(int(max_new.max()), 1)
     check_room(np.asarray(cache.lengths), max_new, max_len or cache.max_len)
+    if logprobs is not None and not 0 <= logprobs <= 20:
+        raise ValueError(f"logprobs={logprobs} must lie in [0, 20] (or None: not recorded)")
     setting = lambda value, dtype: jnp.full((b,), value, dtype)
+    m, k = (0, 0) if logprobs is None else (buffer, max(logprobs, 1))
     return DecodeState(
         cache=cache,
         logits=jnp.asarray(logits, jnp.float32),
@@ -122,6 +142,9 @@ def start_decode(
         temperature=setting(sampling.temperature, jnp.float32),
         top_k=setting(sampling.top_k, jnp.int32),
         top_p=setting(sampling.top_p, jnp.float32),
+        logprobs=jnp.zeros((b, m), jnp.float32),
+        top_ids=jnp.zeros((b, m, k), jnp.int32),
+        top_logprobs=jnp.zeros((b, m, k), jnp.float32),
     )
 
 
@@ -144,10 +167,9 @@ def stop_array(stop_ids: Sequence[int]) -> np.ndarray:
     return ids
 
 
-def ring_tokens(tokens: np.ndarray, start: int, stop: int) -> list[int]:
-    """A row's tokens start..stop-1 read from its output ring (host side)."""
-    ring = tokens.shape[-1]
-    return [int(tokens[j % ring]) for j in range(start, stop)]
+def ring_slice(ring: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Entries start..stop-1 of one row's ring [N, ...] (host side): tokens or log-probs."""
+    return ring[np.arange(start, stop) % ring.shape[0]]
 
 
 def decode(

@@ -29,15 +29,16 @@ from yoco_jax.inference.decode_loop import (
     decode,
     finish_rows,
     insert_row,
-    ring_tokens,
+    ring_slice,
     start_decode,
 )
 from yoco_jax.inference.plan import Buckets
-from yoco_jax.inference.sampling import Sampling
+from yoco_jax.inference.sampling import Sampling, row_keys
 from yoco_jax.inference.stop_strings import cut_at_stop
 from yoco_jax.model import init_cache
 from yoco_jax.serve.metrics import Metrics
-from yoco_jax.serve.request import Request, Result
+from yoco_jax.serve.prefix_cache import PrefixCache
+from yoco_jax.serve.request import MAX_LOGPROBS, Request, Result
 from yoco_jax.serve.row_prefill import RowPrefill, prefill_compilations
 from yoco_jax.serve.text import TextStream
 
@@ -65,6 +66,7 @@ class Engine:
         queue_limit: int = 64,
         prefill_chunk: int = 512,
         block: int = 4,
+        prefix_cache_bytes: int = 0,
     ):
         knobs = dict(slots=slots, max_len=max_len, queue_limit=queue_limit,
                      prefill_chunk=prefill_chunk, block=block)  # fmt: skip
@@ -75,6 +77,7 @@ class Engine:
         self.slots, self.max_len, self.queue_limit = slots, max_len, queue_limit
         self.prefill_chunk, self.block = prefill_chunk, block
         self.buckets = Buckets.up_to(max_len)
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)
         self.stop_ids = [] if tokenizer is None else [tokenizer.eos_id]
         self.state = self._empty_state()
         self.metrics = Metrics(slots)
@@ -91,7 +94,7 @@ class Engine:
         """S done rows over caches of max_len positions, an output ring of one block."""
         cache = init_cache(self.model.config, self.slots, self.max_len)
         logits = np.zeros((self.slots, self.model.config.vocab_size), np.float32)
-        return start_decode(logits, cache, 0, buffer=self.block)
+        return start_decode(logits, cache, 0, buffer=self.block, logprobs=MAX_LOGPROBS)
 
     def compile_plan(self) -> dict[str, int]:
         """The most compilations fresh prompts can cause, per jitted function."""
@@ -103,6 +106,10 @@ class Engine:
         """A ValueError naming the problem when `req` cannot be served."""
         if not req.tokens and (req.prefix is None or req.prefix[1] is None):
             raise ValueError("the prompt is empty: give at least one token")
+        if req.scores_prompt and req.prefix is not None:
+            raise ValueError("echo with logprobs scores the prompt's own tokens: not with a cache")
+        if req.max_tokens < (0 if req.echo else 1):
+            raise ValueError("max_tokens must be >= 1 (0 only with echo: pure scoring)")
         prompt = req.prefix_tokens + len(req.tokens)
         if prompt + max(req.max_tokens - 1, 0) > self.max_len:  # generate's room rule
             raise ValueError(
@@ -235,26 +242,42 @@ class Engine:
             slot, req, row = self._pending
             try:
                 if row is None:
-                    row = RowPrefill(
-                        self.model, req.tokens, self.buckets, self.prefill_chunk, req.prefix
-                    )
+                    row = self._row_prefill(req)
                     self._pending = (slot, req, row)
                 if not row.done:
                     budget -= row.step()
                 if row.done:
-                    self._insert(slot, req, row)
                     self._pending = None
+                    req.prompt_scores = row.scores
+                    if req.max_tokens == 0:  # pure scoring: nothing to decode
+                        self._release(slot)
+                        self._finish(req, "length", time.monotonic())
+                    else:
+                        self._insert(slot, req, row)
             except Exception as e:
                 log.exception("prefill failed")
                 self._pending = None
                 self._release(slot)
                 self._fail(req, f"prefill failed: {e}")
 
+    def _row_prefill(self, req: Request) -> RowPrefill:
+        """The request's prefill: from its saved cache, or from the longest prefix-cache hit
+        (prompt scoring runs whole), storing its states in the prefix cache on the way."""
+        tokens, prefix, keep = req.tokens, req.prefix, None
+        if prefix is None:
+            if not req.scores_prompt and (hit := self.prefix_cache.lookup(tokens)) is not None:
+                req.cached = hit[0]
+                prefix, tokens = (hit[1], hit[2], hit[0]), tokens[hit[0] :]
+            keep = lambda p, cache, logits: self.prefix_cache.store(req.tokens[:p], cache, logits)
+        score = req.logprobs if req.scores_prompt else None
+        return RowPrefill(self.model, tokens, self.buckets, self.prefill_chunk, prefix,
+                          score=score, keep=keep)  # fmt: skip
+
     def _insert(self, slot: int, req: Request, row: RowPrefill) -> None:
         sampling = Sampling(req.temperature, req.top_k, req.top_p)
-        one = start_decode(
-            row.last, row.cache, req.max_tokens, req.seed, self.block, sampling, self.max_len
-        )
+        one = start_decode(row.last, row.cache, req.max_tokens, req.seed, self.block, sampling,
+                           self.max_len, MAX_LOGPROBS)  # fmt: skip
+        one = one._replace(keys=row_keys(req.seed, req.index + 1)[req.index :])
         self.state = insert_row(self.state, one, np.int32(slot))
         req.text = TextStream(self.tokenizer, req.stop)
         self._live[slot] = req
@@ -262,11 +285,21 @@ class Engine:
     def _decode(self) -> None:
         before = np.asarray(jax.device_get(self.state.n_out))
         self.state = decode(self.model, self.state, steps=self.block, stop_ids=self.stop_ids)
-        ring, n_out = jax.device_get((self.state.tokens, self.state.n_out))
+        s = self.state
+        got = jax.device_get((s.tokens, s.n_out, s.logprobs, s.top_ids, s.top_logprobs))
         now = time.monotonic()
         ended = np.zeros((self.slots,), bool)
         for slot, req in list(self._live.items()):
-            new = ring_tokens(ring[slot], int(before[slot]), int(n_out[slot]))
+            tokens, logp, top_ids, top_logp = (
+                ring_slice(x[slot], int(before[slot]), int(got[1][slot]))
+                for x in (got[0], got[2], got[3], got[4])
+            )
+            new = tokens.tolist()
+            if req.logprobs is not None:
+                k = req.logprobs
+                req.token_logprobs += logp.tolist()
+                req.top_logprobs += [list(zip(i[:k], p[:k])) for i, p in
+                                     zip(top_ids.tolist(), top_logp.tolist())]  # fmt: skip
             ended[slot] = self._advance(slot, req, new, now)
         if ended.any():  # stop strings end rows the loop still thinks live
             self.state = finish_rows(self.state, ended)
@@ -302,11 +335,20 @@ class Engine:
         if finish is None:
             return False
         self._release(slot)
-        text = "" if self.tokenizer is None else req.text.shown
-        prompt = req.prefix_tokens + len(req.tokens)
-        self._emit(req, "done", Result(text, req.generated, finish, prompt, req.prefix_tokens))
-        self.metrics.finished(finish, now - req.submitted_at)
+        self._finish(req, finish, now)
         return True
+
+    def _finish(self, req: Request, finish: str, now: float) -> None:
+        """The request's one "done" event."""
+        text = "" if self.tokenizer is None or req.text is None else req.text.shown
+        n = len(req.generated)
+        result = Result(
+            text, req.generated, finish, req.prefix_tokens + len(req.tokens),
+            req.prefix_tokens + req.cached, req.token_logprobs[:n], req.top_logprobs[:n],
+            req.prompt_scores,
+        )  # fmt: skip
+        self._emit(req, "done", result)
+        self.metrics.finished(finish, now - req.submitted_at)
 
     def _emit(self, req: Request, kind: str, data) -> None:
         try:
