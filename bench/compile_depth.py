@@ -57,9 +57,12 @@ def measure(cfg) -> dict:
     settings = TrainConfig(batch_size=BATCH, seq_len=LENGTH)
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
     trainer = Trainer(
-        module, make_optimizer(settings), learning_rate_schedule(settings), mesh,
+        module,
+        make_optimizer(settings),
+        learning_rate_schedule(settings),
+        mesh,
         loss_chunk=settings.loss_chunk,
-    )  # fmt: skip
+    )
     batch = {name: tokens for name in ("inputs", "targets", "segment_ids", "loss_mask")}
     with sharding.use_mesh(mesh):
         out["train_step"] = _timed(trainer._train_jit, trainer.abstract_state, batch)
@@ -124,8 +127,14 @@ def plot(results: dict, path: Path) -> None:
         rows = [r for r in results["rows"] if form in r]
         for what, color in zip(WHAT, ("C0", "C1", "C2")):
             total = [r[form][what]["lower_s"] + r[form][what]["compile_s"] for r in rows]
-            ax.plot([r["layers"] for r in rows], total, style, color=color, marker="o",
-                    label=f"{what}, {form}")  # fmt: skip
+            ax.plot(
+                [r["layers"] for r in rows],
+                total,
+                style,
+                color=color,
+                marker="o",
+                label=f"{what}, {form}",
+            )
     ax.set_xlabel("layers")
     ax.set_ylabel("lower + compile (s)")
     ax.set_title(f"Compile time, {results['config']} width, {results['machine']['device']}")

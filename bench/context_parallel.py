@@ -52,13 +52,22 @@ def step_memory(config, length: int, context: int, fsdp: int = 1) -> dict:
     axes = {"fsdp": fsdp, "context": context}
     mesh = sharding.make_mesh(axes, devices=jax.devices()[: fsdp * context])
     settings = TrainConfig(batch_size=fsdp, seq_len=length, loss_chunk=1024)
-    trainer = Trainer(build_model(config), make_optimizer(settings),
-                      learning_rate_schedule(settings), mesh, loss_chunk=1024)  # fmt: skip
+    trainer = Trainer(
+        build_model(config),
+        make_optimizer(settings),
+        learning_rate_schedule(settings),
+        mesh,
+        loss_chunk=1024,
+    )
     batch = {
         key: jax.ShapeDtypeStruct((fsdp, length), dtype, sharding=trainer.batch_sharding)
-        for key, dtype in (("inputs", jnp.int32), ("targets", jnp.int32),
-                           ("segment_ids", jnp.int32), ("loss_mask", jnp.float32))
-    }  # fmt: skip
+        for key, dtype in (
+            ("inputs", jnp.int32),
+            ("targets", jnp.int32),
+            ("segment_ids", jnp.int32),
+            ("loss_mask", jnp.float32),
+        )
+    }
     with sharding.use_mesh(mesh):
         compiled = trainer._train_jit.lower(trainer.abstract_state, batch).compile()
     memory = compiled.memory_analysis()
@@ -70,7 +79,7 @@ def _flash_like(q, k, v, *, window=None, impl=None):
     blocked attention (a flash kernel's memory), after an all-gather of this layer's K/V when
     the sequence is split (context parallelism as MaxText's all-gather form)."""
     pos = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), q.shape[:2])
-    if cp.context_size() == 1:
+    if sharding.tracing().context_size == 1:
         return blocked_attention(q, k, v, pos, pos, window=window)
     return cp.cross_attention(q, pos, *cp.gather_kv(k, v, pos, "gather"))
 
@@ -105,8 +114,9 @@ def plan(name: str, contexts=PLAN_CONTEXTS, lengths=(16384, 32768)) -> list[dict
             for gb in BUDGETS_GB:
                 t = (gb * 1e9 - fixed) / per_token
                 fits[str(gb)] = max(0, int(t) // (2048 * n) * 2048 * n)
-            rows.append({"model": name, "context": n, "fixed": fixed, "per_token": per_token,
-                         "fits": fits})  # fmt: skip
+            rows.append(
+                {"model": name, "context": n, "fixed": fixed, "per_token": per_token, "fits": fits}
+            )
             print(rows[-1], flush=True)
         return rows
     finally:
@@ -197,8 +207,10 @@ def section(results: dict) -> str:
         ]
         for r in results["plan"]:
             fits = [f"{r['fits'][str(gb)] // 1024}K" for gb in BUDGETS_GB]
-            out.append(f"| {r['model']} | {r['context']} | {r['fixed'] / GiB:.1f} | "
-                       f"{r['per_token'] / 1024:.1f} | {fits[0]} | {fits[1]} |")  # fmt: skip
+            out.append(
+                f"| {r['model']} | {r['context']} | {r['fixed'] / GiB:.1f} | "
+                f"{r['per_token'] / 1024:.1f} | {fits[0]} | {fits[1]} |"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -207,8 +219,11 @@ COMM_CONTEXTS = (2, 4, 8)
 
 def communication() -> dict:
     """The communication table's rows (from the shapes only): bytes per context size."""
-    rows = {"yoco-3b": ("yoco-3b", False), "yoco-3b (ring)": ("yoco-3b", True),
-            "transformer-3b": ("transformer-3b", False)}  # fmt: skip
+    rows = {
+        "yoco-3b": ("yoco-3b", False),
+        "yoco-3b (ring)": ("yoco-3b", True),
+        "transformer-3b": ("transformer-3b", False),
+    }
     return {
         row: [received_bytes(get_config(name), 262144, n, ring=ring) for n in COMM_CONTEXTS]
         for row, (name, ring) in rows.items()
@@ -228,8 +243,13 @@ def main() -> None:
         for n in map(int, args.contexts.split(",")):
             memory.append({"length": length, "context": n, **step_memory(config, length, n)})
             print(memory[-1], flush=True)
-    results = {"device": "CPU devices", "jax": jax.__version__,
-               "model": SMALL, "memory": memory, "communication": communication()}  # fmt: skip
+    results = {
+        "device": "CPU devices",
+        "jax": jax.__version__,
+        "model": SMALL,
+        "memory": memory,
+        "communication": communication(),
+    }
     if not args.no_plan:
         results["plan"] = plan("yoco-3b") + plan("transformer-3b")
     Path(args.out).write_text(json.dumps(results, indent=1))

@@ -16,7 +16,7 @@ from bench.profiles import PAPER
 from bench.report import kilo
 from bench.runner import Context, Skip, guarded
 from yoco_jax.model import cache_bytes
-from yoco_jax.ops.attention import resolve_impl
+from yoco_jax.ops.attention_choice import pick
 
 
 def budget_batch(cfg, weights: int, context: int, budget: int, cap: int) -> int:
@@ -90,7 +90,8 @@ def run(ctx: Context) -> list[dict]:
         out = guarded(ctx, label, decode_case, ctx, cfg, *args)
         note = out.get("note", "")
         kernel_error = note.startswith("error") and "RESOURCE_EXHAUSTED" not in note
-        if kernel_error and resolve_impl(cfg.attention_impl) != "xla":
+        q = jax.ShapeDtypeStruct((batch, 1, cfg.n_attn_heads, cfg.attn_head_dim), cfg.dtype)
+        if kernel_error and pick(cfg.attention_impl, "decode", q, context) != "xla":
             # one failing kernel should not cost the comparison: retry on the XLA path
             xla = dataclasses.replace(cfg, attention_impl="xla")
             retry = guarded(ctx, label + " (XLA attention)", decode_case, ctx, xla, *args)

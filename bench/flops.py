@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from yoco_jax.config import ModelConfig
-from yoco_jax.ops.chunked_attention import DEFAULT_BLOCK_KEYS
+from yoco_jax.ops.blocked_attention import BLOCK_KEYS
 
 
 def _ffn(cfg: ModelConfig) -> int:
@@ -84,7 +84,7 @@ def prefill_flops(
         if not executed or flash:  # flash: causal first chunk, chunk kernel up to each end
             pairs = _causal_pairs(length)
         else:
-            block = min(DEFAULT_BLOCK_KEYS, cache_len)
+            block = min(BLOCK_KEYS, cache_len)
             seen = [min(-(-end // block) * block, cache_len) for end in ends[1:]]
             pairs = sizes[0] ** 2 + sum(c * keys for c, keys in zip(sizes[1:], seen, strict=True))
         per_layer = 2 * layer_params(cfg, "attention") * length + _attention(cfg, pairs)

@@ -20,15 +20,29 @@ from yoco_jax.ops.attention import cache_attention, causal_attention
 from yoco_jax.ops.attention_choice import choose_attention
 
 FULL = {
-    "heads": 24, "kv_heads": 8, "head_dim": 128, "lengths": [8192, 32768, 131072],
-    "chunk": 4096, "transformer": "transformer-3b", "transformer_length": 32768,
-    "yoco": "yoco-3b-1m", "yoco_lengths": [1048576], "yoco_chunks": [4096, 16384],
-}  # fmt: skip
+    "heads": 24,
+    "kv_heads": 8,
+    "head_dim": 128,
+    "lengths": [8192, 32768, 131072],
+    "chunk": 4096,
+    "transformer": "transformer-3b",
+    "transformer_length": 32768,
+    "yoco": "yoco-3b-1m",
+    "yoco_lengths": [1048576],
+    "yoco_chunks": [4096, 16384],
+}
 SMOKE = {
-    "heads": 6, "kv_heads": 2, "head_dim": 32, "lengths": [128, 256],
-    "chunk": 64, "transformer": "transformer-tiny", "transformer_length": 256,
-    "yoco": "yoco-tiny", "yoco_lengths": [512, 1024], "yoco_chunks": [64, 256],
-}  # fmt: skip
+    "heads": 6,
+    "kv_heads": 2,
+    "head_dim": 32,
+    "lengths": [128, 256],
+    "chunk": 64,
+    "transformer": "transformer-tiny",
+    "transformer_length": 256,
+    "yoco": "yoco-tiny",
+    "yoco_lengths": [512, 1024],
+    "yoco_chunks": [64, 256],
+}
 
 
 def _error(error) -> str:

@@ -24,14 +24,23 @@ from yoco_jax.kernels.retention_gpu import retention_forward
 from yoco_jax.ops.retention import chunkwise_retention
 
 FULL = {
-    "heads": 24, "head_dim": 128, "lengths": [32768, 131072], "xla_chunk": 256,
+    "heads": 24,
+    "head_dim": 128,
+    "lengths": [32768, 131072],
+    "xla_chunk": 256,
     "tiles": [(64, 64, 4), (64, 64, 8), (64, 32, 4), (32, 32, 4), (64, 16, 4)],
-    "model": "yoco-3b-1m", "prefill": (1048576, 16384),
-}  # fmt: skip
+    "model": "yoco-3b-1m",
+    "prefill": (1048576, 16384),
+}
 SMOKE = {
-    "heads": 3, "head_dim": 32, "lengths": [200], "xla_chunk": 64,
-    "tiles": [(16, 16, 4), (32, 32, 8)], "model": "yoco-tiny", "prefill": (256, 64),
-}  # fmt: skip
+    "heads": 3,
+    "head_dim": 32,
+    "lengths": [200],
+    "xla_chunk": 64,
+    "tiles": [(16, 16, 4), (32, 32, 8)],
+    "model": "yoco-tiny",
+    "prefill": (256, 64),
+}
 
 
 def _inputs(length, sizes):

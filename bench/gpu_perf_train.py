@@ -35,9 +35,14 @@ from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
 from yoco_jax.train.step import Trainer
 
 BASELINE = {
-    "config": "yoco-1.4b", "batch": 4, "length": 2048, "attention_impl": "auto",
-    "remat": "none", "scan_layers": True, "loss_chunk": 1024,
-}  # fmt: skip
+    "config": "yoco-1.4b",
+    "batch": 4,
+    "length": 2048,
+    "attention_impl": "auto",
+    "remat": "none",
+    "scan_layers": True,
+    "loss_chunk": 1024,
+}
 # (lever, overrides of the baseline), most telling first: the deadline cuts the tail.
 # Scanned layers compile in about the time of one layer, so the baseline scans and unrolling is
 # measured once, late. Remat none keeps ~29 GB of activations per 8K tokens at 1.4B (traced
@@ -101,16 +106,22 @@ class _State:
 
 def _measure(row: dict, s: dict, holder: _State, rates: dict) -> None:
     cfg = get_config(
-        s["config"], dtype="bfloat16", attention_impl=s["attention_impl"], remat=s["remat"],
+        s["config"],
+        dtype="bfloat16",
+        attention_impl=s["attention_impl"],
+        remat=s["remat"],
         scan_layers=s["scan_layers"],
-    )  # fmt: skip
+    )
     batch, length = s["batch"], s["length"]
     settings = TrainConfig(batch_size=batch, seq_len=length)
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
     trainer = Trainer(
-        build_model(cfg), make_optimizer(settings), learning_rate_schedule(settings), mesh,
+        build_model(cfg),
+        make_optimizer(settings),
+        learning_rate_schedule(settings),
+        mesh,
         loss_chunk=s["loss_chunk"],
-    )  # fmt: skip
+    )
     tokens = jax.random.randint(jax.random.key(3), (batch, length + 1), 0, cfg.vocab_size)
     ones = jnp.ones((batch, length), jnp.int32)
     data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": ones}
@@ -186,9 +197,13 @@ def train_levers(cfg, deadline, smoke):
     rates = {"nominal": nominal_peak(jax.devices()[0].device_kind)}
     rates["matmul"] = matmul_rate(n, jnp.bfloat16)
     limit = device_memory_limit()
-    yield {"case": "matmul", "lever": "-", "value": f"{n}^3 bf16",
-           "model_tflops": rates["matmul"] / 1e12,
-           "limit_gb": None if limit is None else limit / 1e9}  # fmt: skip
+    yield {
+        "case": "matmul",
+        "lever": "-",
+        "value": f"{n}^3 bf16",
+        "model_tflops": rates["matmul"] / 1e12,
+        "limit_gb": None if limit is None else limit / 1e9,
+    }
     holder = _State()
     estimate = 10 if smoke else 90  # the first compile (and init), until one is measured
     for lever, overrides in [("baseline", {}), *LEVERS]:

@@ -56,15 +56,25 @@ from bench.gpu_perf import Deadline
 ROOT = Path(__file__).resolve().parent.parent
 K = 1024
 FULL = {
-    "model": "yoco-3b", "kernel_lengths": [32 * K, 128 * K], "check_length": 1000,
-    "prefill_lengths": [32 * K, 128 * K, 256 * K], "prefill_chunk": 32 * K,
-    "decode_steps": 32, "train_batch": 1, "train_length": 8 * K,
-}  # fmt: skip
+    "model": "yoco-3b",
+    "kernel_lengths": [32 * K, 128 * K],
+    "check_length": 1000,
+    "prefill_lengths": [32 * K, 128 * K, 256 * K],
+    "prefill_chunk": 32 * K,
+    "decode_steps": 32,
+    "train_batch": 1,
+    "train_length": 8 * K,
+}
 SMOKE = {
-    "model": "yoco-tiny", "kernel_lengths": [256, 512], "check_length": 100,
-    "prefill_lengths": [128, 256], "prefill_chunk": 64,
-    "decode_steps": 4, "train_batch": 2, "train_length": 64,
-}  # fmt: skip
+    "model": "yoco-tiny",
+    "kernel_lengths": [256, 512],
+    "check_length": 100,
+    "prefill_lengths": [128, 256],
+    "prefill_chunk": 64,
+    "decode_steps": 4,
+    "train_batch": 2,
+    "train_length": 64,
+}
 CASES = ("kernel_fwd", "check", "prefill", "decode", "train", "kernel_bwd")
 SIDES = {"ours": "bench.peer_fla_jax", "fla": "bench.peer_fla_torch"}
 OURS_SHARE = 0.5  # of the budget; fla gets the rest (its first calls autotune Triton kernels)

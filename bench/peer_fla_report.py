@@ -11,10 +11,12 @@ SIDES = ("ours", "fla")
 
 # case -> (metric, higher is better)
 METRICS = {
-    "kernel_fwd": ("ms", False), "kernel_bwd": ("ms", False),
-    "prefill": ("tokens_per_s", True), "decode": ("ms_per_token", False),
+    "kernel_fwd": ("ms", False),
+    "kernel_bwd": ("ms", False),
+    "prefill": ("tokens_per_s", True),
+    "decode": ("ms_per_token", False),
     "train": ("tokens_per_s", True),
-}  # fmt: skip
+}
 
 
 def reference_retention(q, k, v, g):
@@ -116,8 +118,11 @@ def to_markdown(results: dict) -> str:
     lines = [f"# bench/peer_fla.py: ours vs flash-linear-attention YOCO, {results['date']}", ""]
     for side in SIDES:
         lines.append(f"- {side}: " + ", ".join(f"{k} {_cell(v)}" for k, v in info[side].items()))
-    lines += [f"- `{results['command']}`: budget {results['budget_s']:.0f} s, used "
-              f"{results['used_s']:.0f} s; ahead = our speed / theirs", ""]  # fmt: skip
+    lines += [
+        f"- `{results['command']}`: budget {results['budget_s']:.0f} s, used "
+        f"{results['used_s']:.0f} s; ahead = our speed / theirs",
+        "",
+    ]
     keys = ["case", "T", "metric", "ours", "fla", "ahead", "ours_first_s", "fla_first_s", "notes"]
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in results["rows"]:

@@ -39,7 +39,7 @@ def fla_config(arch: dict, max_len: int):
             "num_heads": arch["n_attn_heads"],
             "num_kv_heads": arch["n_attn_kv_heads"],
             **rope,
-        },  # fmt: skip
+        },
         tie_word_embeddings=False,
     )
 
@@ -81,9 +81,12 @@ class Side:
         if case == "prefill":  # the first builds the model; fla's modules autotune too
             return fwd + (3 + 4 * t / 2**17) + (0 if self.model is not None else 20)
         return {
-            "kernel_fwd": fwd + 3 + 4 * t / 2**17, "kernel_bwd": fwd + bwd + 5 + 8 * t / 2**17,
-            "check": 3 + fwd, "decode": 15 + fwd, "train": 30 + fwd + bwd,
-        }[case]  # fmt: skip
+            "kernel_fwd": fwd + 3 + 4 * t / 2**17,
+            "kernel_bwd": fwd + bwd + 5 + 8 * t / 2**17,
+            "check": 3 + fwd,
+            "decode": 15 + fwd,
+            "train": 30 + fwd + bwd,
+        }[case]
 
     def recover(self) -> None:
         if self.model is not None:

@@ -14,7 +14,7 @@ from bench.profiles import PAPER
 from bench.report import kilo
 from bench.runner import Context, Skip, guarded
 from yoco_jax.model import cache_bytes, init_cache
-from yoco_jax.ops.attention import resolve_impl
+from yoco_jax.ops.attention_choice import pick
 
 
 def prefill_case(
@@ -25,7 +25,8 @@ def prefill_case(
     chunk = min(chunk, length)
     if length % chunk:
         raise ValueError(f"length {length} must be a multiple of the prefill chunk {chunk}")
-    flash = resolve_impl(cfg.attention_impl) == "pallas"
+    q = jax.ShapeDtypeStruct((1, chunk, cfg.n_attn_heads, cfg.attn_head_dim), cfg.dtype)
+    flash = pick(cfg.attention_impl, "chunk", q, cache_len) == "pallas"
     executed = flops.prefill_flops(cfg, length, chunk, True, cache_len, flash)
     minimum = flops.prefill_flops(cfg, length, chunk, executed=False)
     n_chunks = length // chunk

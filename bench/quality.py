@@ -93,13 +93,19 @@ def train_curve(config, args, train_rows, eval_rows) -> dict:
     from yoco_jax.train.step import Trainer
 
     settings = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, seed=args.seed,
-        learning_rate=args.learning_rate, schedule="cosine", warmup_steps=args.warmup,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        schedule="cosine",
+        warmup_steps=args.warmup,
         min_lr_ratio=0.1,
-    )  # fmt: skip
+    )
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
-    trainer = Trainer(build_model(config), make_optimizer(settings),
-                      learning_rate_schedule(settings), mesh)  # fmt: skip
+    trainer = Trainer(
+        build_model(config), make_optimizer(settings), learning_rate_schedule(settings), mesh
+    )
     state = trainer.init(args.seed)
     b = args.batch_size
     evals = [batch(eval_rows[i : i + b]) for i in range(0, len(eval_rows), b)]
@@ -116,9 +122,13 @@ def train_curve(config, args, train_rows, eval_rows) -> dict:
             curve.append([step + 1, evaluate(state.params)])
             print(f"  {config.arch} step {step + 1}: eval loss {curve[-1][1]:.4f}", flush=True)
     train = [float(x) for x in jax.device_get(losses)]
-    return {"params": n_params(config), "config": dataclasses.asdict(config), "eval": curve,
-            "train_loss_last10": float(np.mean(train[-10:])),
-            "seconds": time.perf_counter() - start}  # fmt: skip
+    return {
+        "params": n_params(config),
+        "config": dataclasses.asdict(config),
+        "eval": curve,
+        "train_loss_last10": float(np.mean(train[-10:])),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def title(res: dict) -> str:
@@ -152,24 +162,32 @@ def section(res: dict) -> str:
     final = y["eval"][-1][1] - t["eval"][-1][1]
     last = min(5, len(y["eval"]) - 1)  # single evaluations are noisy: the last few, averaged
     recent = np.mean([a - b for (_, a), (_, b) in zip(y["eval"][-last:], t["eval"][-last:])])
-    return "\n".join([
-        title(res), "",
-        f"`{res['command'].strip()}` on {res['device']} ({res['date']}): the demo YOCO "
-        f"({y['params'] / 1e6:.2f}M parameters) and a Transformer of the same width, depth and "
-        f"heads with a wider FFN ({t['params'] / 1e6:.2f}M), each trained {res['steps']} steps "
-        f"on the same {res['train_tokens'] / 1e6:.2f}M tokens of `{res['data']}`"
-        f"{' of Python ' + res['python'] if res['data'] == 'stdlib' else ''} (batch "
-        f"{res['batch_size']} x {res['seq_len']}, AdamW, cosine from {res['learning_rate']}), "
-        f"held-out loss on {res['eval_tokens']} tokens of other documents; training took "
-        f"{y['seconds']:.0f} s and {t['seconds']:.0f} s (compilation included). YOCO - "
-        f"Transformer held-out loss: {final:+.4f} nats/token at the end, {recent:+.4f} "
-        f"averaged over the last {last} evaluations. A run this short on a tiny model says "
-        "little about the paper's claim at scale (YOCO matches the Transformer from 160M to "
-        "13B parameters); rerun with a larger `--steps` on a GPU for a real comparison."
-        + (f" Note: {res['note']}" if res.get("note") else ""), "",
-        "| step | YOCO eval loss | Transformer eval loss |", "|---|---|---|", *rows, "",
-        f"![held-out loss, YOCO and Transformer](bench-quality-{res['backend']}.png)", "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            title(res),
+            "",
+            f"`{res['command'].strip()}` on {res['device']} ({res['date']}): the demo YOCO "
+            f"({y['params'] / 1e6:.2f}M parameters) and a Transformer of the same width, depth and "
+            f"heads with a wider FFN ({t['params'] / 1e6:.2f}M), each trained {res['steps']} steps "
+            f"on the same {res['train_tokens'] / 1e6:.2f}M tokens of `{res['data']}`"
+            f"{' of Python ' + res['python'] if res['data'] == 'stdlib' else ''} (batch "
+            f"{res['batch_size']} x {res['seq_len']}, AdamW, cosine from {res['learning_rate']}), "
+            f"held-out loss on {res['eval_tokens']} tokens of other documents; training took "
+            f"{y['seconds']:.0f} s and {t['seconds']:.0f} s (compilation included). YOCO - "
+            f"Transformer held-out loss: {final:+.4f} nats/token at the end, {recent:+.4f} "
+            f"averaged over the last {last} evaluations. A run this short on a tiny model says "
+            "little about the paper's claim at scale (YOCO matches the Transformer from 160M to "
+            "13B parameters); rerun with a larger `--steps` on a GPU for a real comparison."
+            + (f" Note: {res['note']}" if res.get("note") else ""),
+            "",
+            "| step | YOCO eval loss | Transformer eval loss |",
+            "|---|---|---|",
+            *rows,
+            "",
+            f"![held-out loss, YOCO and Transformer](bench-quality-{res['backend']}.png)",
+            "",
+        ]
+    )
 
 
 def write_docs(res: dict, docs: Path) -> None:
@@ -203,18 +221,24 @@ def main(argv=None) -> dict:
     yoco = get_config(args.model, vocab_size=tokenizer.vocab_size)
     transformer = matched_transformer(yoco)
     n_train, n_eval = args.steps * args.batch_size, args.eval_batches * args.batch_size
-    eval_rows, train_rows = token_rows(args.data, tokenizer, [n_eval, n_train], args.seq_len,
-                                       args.seed)  # fmt: skip
+    eval_rows, train_rows = token_rows(
+        args.data, tokenizer, [n_eval, n_train], args.seq_len, args.seed
+    )
     res = {
         "command": " ".join(["python -m bench.quality", *shown_flags(argv or [])]),
-        "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
         "python": platform.python_version(),  # "stdlib" is this interpreter's library
         "note": args.note,
         "date": time.strftime("%Y-%m-%d"),
-        "data": args.data, "steps": args.steps, "batch_size": args.batch_size,
-        "seq_len": args.seq_len, "learning_rate": args.learning_rate,
-        "train_tokens": int(train_rows[:, 1:].size), "eval_tokens": int(eval_rows[:, 1:].size),
-    }  # fmt: skip
+        "data": args.data,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "learning_rate": args.learning_rate,
+        "train_tokens": int(train_rows[:, 1:].size),
+        "eval_tokens": int(eval_rows[:, 1:].size),
+    }
     for name, config in (("yoco", yoco), ("transformer", transformer)):
         print(f"{name}: {n_params(config) / 1e6:.2f}M parameters", flush=True)
         res[name] = train_curve(config, args, train_rows, eval_rows)

@@ -49,8 +49,13 @@ def workload(n: int, rate: float, prompt: tuple, output: tuple, vocab: int, seed
 
 async def _one(client, url: str, at: float, ids: list, max_tokens: int, t0: float) -> dict:
     await asyncio.sleep(max(0.0, at - (time.perf_counter() - t0)))
-    body = {"prompt": ids, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
+    body = {
+        "prompt": ids,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     sent, first, tokens = time.perf_counter(), None, 0
     async with client.stream("POST", url + "/v1/completions", json=body) as r:
         if r.status_code != 200:
@@ -64,8 +69,14 @@ async def _one(client, url: str, at: float, ids: list, max_tokens: int, t0: floa
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
     end = time.perf_counter()
-    return {"status": 200, "sent": sent, "end": end, "ttft": first - sent,
-            "latency": end - sent, "tokens": tokens}  # fmt: skip
+    return {
+        "status": 200,
+        "sent": sent,
+        "end": end,
+        "ttft": first - sent,
+        "latency": end - sent,
+        "tokens": tokens,
+    }
 
 
 async def drive(url: str, requests: list) -> list[dict]:
@@ -82,11 +93,16 @@ def summarize(results: list[dict]) -> dict:
     span = max(r["end"] for r in ok) - min(r["sent"] for r in ok)
     pct = lambda key, q: float(np.percentile([r[key] for r in ok], q))
     return {
-        "ok": len(ok), "rejected": len(results) - len(ok), "seconds": span,
-        "requests_per_s": len(ok) / span, "tokens_per_s": sum(r["tokens"] for r in ok) / span,
-        "latency_p50": pct("latency", 50), "latency_p99": pct("latency", 99),
-        "ttft_p50": pct("ttft", 50), "ttft_p99": pct("ttft", 99),
-    }  # fmt: skip
+        "ok": len(ok),
+        "rejected": len(results) - len(ok),
+        "seconds": span,
+        "requests_per_s": len(ok) / span,
+        "tokens_per_s": sum(r["tokens"] for r in ok) / span,
+        "latency_p50": pct("latency", 50),
+        "latency_p99": pct("latency", 99),
+        "ttft_p50": pct("ttft", 50),
+        "ttft_p99": pct("ttft", 99),
+    }
 
 
 def serve_model(config, slots: int, args, loads: dict) -> dict:
@@ -97,8 +113,15 @@ def serve_model(config, slots: int, args, loads: dict) -> dict:
     from yoco_jax.serve.engine import Engine
 
     model = yoco_jax.init(config, seed=0)
-    engine = Engine(model, None, slots=slots, max_len=args.max_len, prefill_chunk=args.chunk,
-                    queue_limit=args.requests, block=args.block)  # fmt: skip
+    engine = Engine(
+        model,
+        None,
+        slots=slots,
+        max_len=args.max_len,
+        prefill_chunk=args.chunk,
+        queue_limit=args.requests,
+        block=args.block,
+    )
     t0 = time.perf_counter()
     engine.warmup()
     out = {"slots": slots, "compile_s": time.perf_counter() - t0, "runs": {}}
@@ -124,21 +147,29 @@ def section(res: dict) -> str:
                 f"{r['tokens_per_s']:.0f} | {r['latency_p50']:.2f} / {r['latency_p99']:.2f} | "
                 f"{r['ttft_p50']:.2f} / {r['ttft_p99']:.2f} |"
             )
-    return "\n".join([
-        title(res), "",
-        f"`{res['command']}` on {res['device']} ({res['date']}): `{res['model']}` "
-        f"({res['params'] / 1e6:.2f}M parameters) and the Transformer of its width, depth and "
-        "heads (FFN widened to the same parameter count), each behind `python -m "
-        f"yoco_jax.serve` (max-len {res['max_len']}, decode blocks "
-        f"of {res['block']}) with as many slots as its cache fits in the Transformer's "
-        f"{res['transformer']['slots']} slots' bytes; {res['requests']} streamed requests per "
-        f"rate, Poisson arrivals, prompts of {res['prompt'][0]}-{res['prompt'][1]} tokens, "
-        f"outputs of {res['output'][0]}-{res['output'][1]}. Latency and time to first token in "
-        "seconds, p50 / p99." + (f" Note: {res['note']}" if res.get("note") else ""), "",
-        "| model | slots (cache) | offered req/s | served req/s | output tok/s | latency s | "
-        "first token s |", "|---|---|---|---|---|---|---|", *rows, "",
-        f"![serving under load](bench-serve-{res['backend']}.png)", "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            title(res),
+            "",
+            f"`{res['command']}` on {res['device']} ({res['date']}): `{res['model']}` "
+            f"({res['params'] / 1e6:.2f}M parameters) and the Transformer of its width, depth and "
+            "heads (FFN widened to the same parameter count), each behind `python -m "
+            f"yoco_jax.serve` (max-len {res['max_len']}, decode blocks "
+            f"of {res['block']}) with as many slots as its cache fits in the Transformer's "
+            f"{res['transformer']['slots']} slots' bytes; {res['requests']} streamed requests per "
+            f"rate, Poisson arrivals, prompts of {res['prompt'][0]}-{res['prompt'][1]} tokens, "
+            f"outputs of {res['output'][0]}-{res['output'][1]}. Latency and time to first token in "
+            "seconds, p50 / p99." + (f" Note: {res['note']}" if res.get("note") else ""),
+            "",
+            "| model | slots (cache) | offered req/s | served req/s | output tok/s | latency s | "
+            "first token s |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"![serving under load](bench-serve-{res['backend']}.png)",
+            "",
+        ]
+    )
 
 
 def plot(res: dict, path: Path) -> None:
@@ -202,17 +233,27 @@ def main(argv=None) -> dict:
     budget = cache_bytes(transformer, args.transformer_slots, args.max_len)
     yoco_slots = min(args.max_slots, budget // cache_bytes(yoco, 1, args.max_len))
     rates = [float(r) for r in args.rates.split(",")]
-    loads = {str(r): workload(args.requests, r, args.prompt, args.output, 2048, args.seed)
-             for r in rates}  # fmt: skip
+    loads = {
+        str(r): workload(args.requests, r, args.prompt, args.output, 2048, args.seed) for r in rates
+    }
     res = {
         "command": " ".join(["python -m bench.serve_load", *shown_flags(argv or [])]).strip(),
-        "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-        "date": time.strftime("%Y-%m-%d"), "model": args.model, "params": n_params(yoco),
-        "max_len": args.max_len, "block": args.block, "requests": args.requests,
-        "prompt": list(args.prompt), "output": list(args.output), "note": args.note,
-    }  # fmt: skip
-    for arch, config, slots in (("yoco", yoco, yoco_slots),
-                                ("transformer", transformer, args.transformer_slots)):  # fmt: skip
+        "device": jax.devices()[0].device_kind,
+        "backend": jax.default_backend(),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": args.model,
+        "params": n_params(yoco),
+        "max_len": args.max_len,
+        "block": args.block,
+        "requests": args.requests,
+        "prompt": list(args.prompt),
+        "output": list(args.output),
+        "note": args.note,
+    }
+    for arch, config, slots in (
+        ("yoco", yoco, yoco_slots),
+        ("transformer", transformer, args.transformer_slots),
+    ):
         print(f"{arch}: {slots} slots", flush=True)
         res[arch] = serve_model(config, slots, args, loads)
         res[arch]["cache_bytes"] = cache_bytes(config, slots, args.max_len)

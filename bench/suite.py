@@ -35,9 +35,12 @@ def parse_args(argv=None):
     ap.add_argument("--sections", default=",".join(SHARES), help="comma-separated subset")
     ap.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
-    ap.add_argument("--compile-cache", type=Path, default=None,
-                    help="persistent XLA compilation cache (a rerun on the same machine skips "
-                         "most compiles)")  # fmt: skip
+    ap.add_argument(
+        "--compile-cache",
+        type=Path,
+        default=None,
+        help="persistent XLA compilation cache (a rerun on the same machine skips most compiles)",
+    )
     return ap.parse_args(argv)
 
 

@@ -29,9 +29,12 @@ def train_case(ctx: Context) -> dict:
     settings = TrainConfig(batch_size=batch, seq_len=length)
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
     trainer = Trainer(
-        build_model(cfg), make_optimizer(settings), learning_rate_schedule(settings), mesh,
+        build_model(cfg),
+        make_optimizer(settings),
+        learning_rate_schedule(settings),
+        mesh,
         loss_chunk=settings.loss_chunk,
-    )  # fmt: skip
+    )
     state = [trainer.init(0)]
     tokens = jax.random.randint(jax.random.key(3), (batch, length + 1), 0, cfg.vocab_size)
     ones = jnp.ones((batch, length), jnp.int32)

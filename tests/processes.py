@@ -27,8 +27,8 @@ def start_train(args: list[str], processes: int, cache: Path, devices: int = 4):
                JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")  # fmt: skip
-    distributed = lambda i: [f"--coordinator_address=localhost:{port}",
-                             f"--num_processes={processes}", f"--process_id={i}"]  # fmt: skip
+    distributed = lambda i: [f"--coordinator-address=localhost:{port}",
+                             f"--num-processes={processes}", f"--process-id={i}"]  # fmt: skip
     command = [sys.executable, str(ROOT / "train.py"), *args]
     return [
         subprocess.Popen(

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yoco_jax.ops.attention import masked_attention, position_mask
 from yoco_jax.ops.blocked_attention import blocked_attention
+from yoco_jax.ops.masked_attention import masked_attention, position_mask
 
 B, TQ, TK, HQ, HKV, D = 2, 7, 23, 4, 2, 8  # 23 keys in blocks of 3: the last block moves back
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 import yoco_jax
-from yoco_jax.config import ConfigError, available_configs, parse_overrides
+from yoco_jax.config import ConfigError, available_configs
+from yoco_jax.config_files import parse_overrides
 
 
 @pytest.mark.parametrize("name", available_configs())

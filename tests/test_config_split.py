@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import yoco_jax
-from yoco_jax.config import ARCHITECTURE_FIELDS, RUNTIME_FIELDS, ModelConfig, parse_overrides
+from yoco_jax.config import ARCHITECTURE_FIELDS, RUNTIME_FIELDS, ModelConfig
+from yoco_jax.config_files import parse_overrides
 from yoco_jax.errors import ConfigError
 
 

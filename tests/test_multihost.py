@@ -32,7 +32,7 @@ def _losses(output_dir):
 def test_distributed_initialize_is_a_no_op_for_one_process_and_checks_its_arguments():
     assert distributed.initialize() is False
     assert distributed.initialize(num_processes=1) is False
-    with pytest.raises(ValueError, match="--coordinator_address, --num_processes and --process_id"):
+    with pytest.raises(ValueError, match="--coordinator-address, --num-processes and --process-id"):
         distributed.initialize(num_processes=2, process_id=0)
 
 

@@ -127,3 +127,29 @@ def test_console_scripts_are_installed():
         if ep.dist is not None and ep.dist.name == "yoco-jax"
     }
     assert installed == PYPROJECT["scripts"]
+
+
+def test_the_dispatcher_runs_every_console_script():
+    """`python -m yoco_jax <command>` names the same main as the console script yoco-<command>."""
+    from yoco_jax.__main__ import COMMANDS
+
+    dispatched = {f"yoco-{name}": f"yoco_jax.cli.{m}:main" for name, m in COMMANDS.items()}
+    assert dispatched == PYPROJECT["scripts"]
+
+
+@pytest.mark.parametrize(
+    "argv, code, expected",
+    [
+        (["export", "--help"], 0, "usage: yoco-export"),
+        (["serve", "--help"], 0, "usage: yoco-serve"),
+        (["--help"], 0, "python -m yoco_jax {train,infer,export,"),
+        (["exports"], 2, "unknown command 'exports'"),
+        ([], 2, "usage: python -m yoco_jax"),
+    ],
+)
+def test_python_m_yoco_jax(argv, code, expected):
+    result = subprocess.run(
+        [sys.executable, "-m", "yoco_jax", *argv], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == code, result.stderr
+    assert expected in result.stdout + result.stderr

@@ -16,7 +16,7 @@ from yoco_jax import sharding
 from yoco_jax.config import ConfigError
 from yoco_jax.ops import context_parallel as cp
 from yoco_jax.ops import ring_attention
-from yoco_jax.ops.attention import masked_attention, position_mask
+from yoco_jax.ops.masked_attention import masked_attention, position_mask
 
 B, T, HQ, HKV, D = 2, 48, 4, 2, 8  # GQA 2; slices of 24, 12 or 6 (half slices of 3 at n = 8)
 

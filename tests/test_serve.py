@@ -190,23 +190,30 @@ def test_disconnect_mid_stream_frees_the_slot(server):
 
 
 def test_full_queue_answers_503_then_serves(server):
+    """A burst fills the free slots first, then --queue-limit more; the next is a 503."""
     engine = server.engine
     blocker = Blocker(engine)  # the engine thread waits: nothing leaves the queue
     engine.queue_limit = 1
+    room = engine.queue_limit + SLOTS - 1  # the blocker holds one slot
+    outs = [None] * room
+    body = {"prompt": [4, 4], "max_tokens": 3, "temperature": 0}
+    send = lambda i: outs.__setitem__(i, post(server, body))
+    queued = [threading.Thread(target=send, args=(i,)) for i in range(room)]
     try:
-        queued = threading.Thread(target=lambda: setattr(blocker, "out", post(
-            server, {"prompt": [4, 4], "max_tokens": 3, "temperature": 0})))  # fmt: skip
-        queued.start()
-        wait_until(lambda: engine.load()[0] == 1)
+        for t in queued:
+            t.start()
+        wait_until(lambda: engine.load()[0] == room)
         busy = post(server, {"prompt": [4, 4], "max_tokens": 3})
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert busy.json()["error"]["code"] == "overloaded"
     finally:
         engine.queue_limit = 64
         blocker.release()
-    queued.join(120)
-    assert blocker.out.status_code == 200
-    assert blocker.out.json()["choices"][0]["token_ids"] == expected((4, 4), 3).tokens
+    for t in queued:
+        t.join(120)
+    for out in outs:
+        assert out.status_code == 200
+        assert out.json()["choices"][0]["token_ids"] == expected((4, 4), 3).tokens
 
 
 BAD = [
@@ -222,7 +229,7 @@ BAD = [
     ({"prompt": "x", "seed": "one"}, "seed"),
     ({"prompt": "x", "stream": "yes"}, "stream"),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-    ({"prompt": "x", "n": 2}, "n"),
+    ({"prompt": "x", "n": SLOTS + 1}, "n"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": [1, 5000]}, "prompt"),
     ({"max_tokens": 3}, "prompt"),
@@ -289,7 +296,7 @@ def test_shutdown_drains_in_flight_requests():
 
 
 def test_command_line_errors(capsys, tmp_path):
-    from yoco_jax.serve.__main__ import main
+    from yoco_jax.cli.serve import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--checkpoint", str(tmp_path / "missing")])

@@ -17,6 +17,7 @@ from jax.sharding import Mesh
 
 from yoco_jax import inference
 from yoco_jax.config import ModelConfig, get_config
+from yoco_jax.export import write_official
 from yoco_jax.model import build_model
 from yoco_jax.model.handle import ModelHandle
 from yoco_jax.pretrained import load_handle, with_runtime
@@ -57,9 +58,6 @@ class Model(ModelHandle):
         """Writes the official PyTorch layout (params.json + model.safetensors) and the
         tokenizer (tokenizer.model) when the model has one, into a new or empty folder
         (`overwrite=True` replaces an earlier export there)."""
-        # Imported here: `python -m yoco_jax.export` must not find itself imported already.
-        from yoco_jax.export import write_official
-
         return write_official(path, self.config, self.params, dtype, self.tokenizer, overwrite)
 
     def save_fla(self, path, dtype: str = "float32", overwrite: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"""Model configuration: one frozen dataclass, YAML files in configs/, `key=value` overrides.
+"""Model configuration: one frozen dataclass, YAML files in configs/ (read by config_files.py).
 Field names follow the official `YOCOArgs` (params.json): an official params.json loads as it is.
 """
 
@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
-import re
 import typing
-from collections.abc import Iterable
 from pathlib import Path
 from types import UnionType
 from typing import Any
 
-import yaml
-
+from yoco_jax.config_files import read_config_file
 from yoco_jax.errors import ConfigError
 
 # configs/ is at the top of the checkout; yoco_jax/configs links to it, so the files ship in the
@@ -57,8 +53,18 @@ class Architecture:
 
     def __post_init__(self):
         _check_choices(self, {"arch": ("yoco", "transformer")})
-        _check_positive(self, ["dim", "n_layers", "hidden_dim", "n_self_heads", "n_attn_heads",
-                               "n_attn_kv_heads", "vocab_size"])  # fmt: skip
+        _check_positive(
+            self,
+            [
+                "dim",
+                "n_layers",
+                "hidden_dim",
+                "n_self_heads",
+                "n_attn_heads",
+                "n_attn_kv_heads",
+                "vocab_size",
+            ],
+        )
         if self.n_layers % 2:
             raise ConfigError(
                 f"n_layers={self.n_layers} must be even: half self-decoder, half cross-decoder "
@@ -115,18 +121,28 @@ class Runtime:
     context_attention: str = "auto"
 
     def __post_init__(self):
-        _check_choices(self, {
-            "dtype": ("float32", "bfloat16", "float16"),
-            "param_dtype": ("float32", "bfloat16"),
-            "attention_impl": ("auto", "xla", "pallas"),
-            "retention_impl": ("xla", "pallas"),
-            "remat": ("none", "full", "dots", "dots_with_no_batch_dims", "save_mixer_out",
-                      "save_qkv_and_mixer_out", "save_all_named"),
-            "kernel_backend": (None, "gpu", "tpu"),
-            "kernel_interpret": (None, True, False),
-            "scan_layers": (True, False),
-            "context_attention": ("auto", "gather", "ring"),
-        })  # fmt: skip
+        _check_choices(
+            self,
+            {
+                "dtype": ("float32", "bfloat16", "float16"),
+                "param_dtype": ("float32", "bfloat16"),
+                "attention_impl": ("auto", "xla", "pallas"),
+                "retention_impl": ("xla", "pallas"),
+                "remat": (
+                    "none",
+                    "full",
+                    "dots",
+                    "dots_with_no_batch_dims",
+                    "save_mixer_out",
+                    "save_qkv_and_mixer_out",
+                    "save_all_named",
+                ),
+                "kernel_backend": (None, "gpu", "tpu"),
+                "kernel_interpret": (None, True, False),
+                "scan_layers": (True, False),
+                "context_attention": ("auto", "gather", "ring"),
+            },
+        )
         _check_positive(self, ["chunk_size"])
 
     @property
@@ -161,69 +177,6 @@ class ModelConfig(Runtime, Architecture):
     @property
     def runtime(self) -> Runtime:
         return Runtime(**{k: getattr(self, k) for k in RUNTIME_FIELDS})
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 with YAML 1.2's floats: `1e-5` and `1e6` are numbers, not strings."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """Parses YAML text the way every config file and `key=value` of this project is read."""
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"not valid YAML: {error}") from None
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A mapping from a YAML or JSON file (an official params.json is read as JSON)."""
-    text = Path(path).read_text()
-    if Path(path).suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path} is not valid JSON: {error}") from None
-    else:
-        try:
-            data = load_yaml(text)
-        except ConfigError as error:
-            raise ConfigError(f"{path}: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
-    return data
-
-
-def _scalar(text: str) -> Any:
-    """A `key=value` value parsed as a YAML scalar; text that is not valid YAML stays text."""
-    try:
-        return load_yaml(text)
-    except ConfigError:
-        return text
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Turns command-line `key=value` strings into a dict, values parsed as YAML scalars."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. dim=256)")
-        out[key.strip()] = _scalar(value) if value != "" else None
-    return out
 
 
 def _coerce(cls, key: str, value: Any) -> Any:
@@ -272,9 +225,14 @@ def from_dict(data: dict[str, Any], **overrides) -> ModelConfig:
     if missing:
         raise ConfigError(f"config is missing required keys: {', '.join(missing)}")
     placeholder = ModelConfig(
-        dim=8, n_layers=2, hidden_dim=8, n_self_heads=1, n_attn_heads=1, n_attn_kv_heads=1,
+        dim=8,
+        n_layers=2,
+        hidden_dim=8,
+        n_self_heads=1,
+        n_attn_heads=1,
+        n_attn_kv_heads=1,
         vocab_size=8,
-    )  # fmt: skip
+    )
     return replace_checked(placeholder, **{**data, **overrides})
 
 

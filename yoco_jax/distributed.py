@@ -1,8 +1,8 @@
 """Multi-host start-up: `jax.distributed.initialize` from flags or the environment.
 
 One process needs nothing. For several, give the coordinator's `host:port`, the process count and
-this process's id, either as arguments (train.py's --coordinator_address, --num_processes,
---process_id) or in the environment variables below. Cluster launchers that JAX detects on its own
+this process's id, either as arguments (train.py's --coordinator-address, --num-processes,
+--process-id) or in the environment variables below. Cluster launchers that JAX detects on its own
 (SLURM, Open MPI, Kubernetes, Cloud TPU) need neither: set YOCO_DISTRIBUTED=1 there.
 """
 
@@ -42,7 +42,7 @@ def initialize(
     ):
         raise ValueError(
             "a multi-host run needs the coordinator address, the process count and this "
-            f"process's id: pass --coordinator_address, --num_processes and --process_id (or set "
+            f"process's id: pass --coordinator-address, --num-processes and --process-id (or set "
             f"{ENV_COORDINATOR}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}); got "
             f"{coordinator_address=}, {num_processes=}, {process_id=}"
         )

@@ -5,7 +5,7 @@ Parameter names are the official `state_dict` keys: our linen path with `layers_
 An official PyTorch state_dict (`*.pth`) is read when torch is installed. An export also carries
 the model's sentencepiece `tokenizer.model`, so the folder is complete for inference.
 
-    python -m yoco_jax.export <training output or official folder> <new folder> [--dtype bfloat16]
+    yoco-export <training output or official folder> <new folder> [--save-dtype bfloat16]
     (the command: yoco_jax/cli/export.py; this module only converts)
 """
 
@@ -230,9 +230,3 @@ def params_from_state(config: ModelConfig, state: dict[str, np.ndarray]):
     )["params"]
     params = from_state_dict(state, nn.unbox(template))
     return stack_layers(params) if config.scan_layers else params
-
-
-if __name__ == "__main__":  # `python -m yoco_jax.export`: the command lives in yoco_jax/cli
-    from yoco_jax.cli.export import main
-
-    main()

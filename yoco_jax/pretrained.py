@@ -19,6 +19,7 @@ import jax
 from yoco_jax.config import ARCHITECTURE_FIELDS, RUNTIME_FIELDS, ModelConfig, replace_checked
 from yoco_jax.data.tokenizer_resolver import find_tokenizer
 from yoco_jax.errors import CheckpointError, ConfigError
+from yoco_jax.export import read_official
 from yoco_jax.model.handle import ModelHandle
 from yoco_jax.model.scan import to_layout
 
@@ -74,9 +75,6 @@ def load_handle(
     if _has_checkpoints(path):
         config, params = with_runtime(*_load_run(path, allow_unverified), **overrides)
     elif (path / "params.json").exists():
-        # Imported here: `python -m yoco_jax.export` must not find itself imported already.
-        from yoco_jax.export import read_official
-
         config, params = read_official(path, **overrides)
     elif is_fla_folder(path):
         from yoco_jax.fla_layout import read_fla

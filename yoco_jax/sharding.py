@@ -8,23 +8,25 @@ Mesh axes:
   tensor  Megatron-style tensor parallelism over heads, MLP and vocabulary.
 
 Parameters and activations carry logical names (see `yoco_jax.model`); `LOGICAL_RULES` turns them
-into mesh axes, so changing the parallelism layout never touches the model code.
+into mesh axes, so changing the parallelism layout never touches the model code. Code traced
+under a mesh (ops/) reads it through `tracing()` only: the mesh, the rules, the context size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 BATCH_AXES = ("data", "fsdp")
+CONTEXT_AXIS = "context"
 
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     # Parameters.
@@ -148,7 +150,7 @@ def logical_shardings(boxed_tree, mesh: Mesh):
     def fit(path, value, sharding):
         spec = list(sharding.spec) + [None] * (len(value.shape) - len(sharding.spec))
         for dim, axes in enumerate(spec):
-            if axes is not None and value.shape[dim] % _axes_size(mesh, axes):
+            if axes is not None and value.shape[dim] % axes_size(mesh, axes):
                 fallbacks.append(f"{jax.tree_util.keystr(path)} dim {dim} over {axes}")
                 spec[dim] = None
         return NamedSharding(mesh, PartitionSpec(*spec))
@@ -170,9 +172,45 @@ def unbox(tree):
     )
 
 
-def _axes_size(mesh: Mesh, axes) -> int:
-    names = (axes,) if isinstance(axes, str) else axes
-    return int(np.prod([mesh.shape[name] for name in names]))
+def axes_size(mesh, axes) -> int:
+    """Devices along `axes` (a mesh axis name, a tuple of them, or None: 1)."""
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(mesh.shape[name] for name in names)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracing:
+    """The mesh (abstract; empty without one) and logical rules code is being traced under."""
+
+    mesh: jax.sharding.AbstractMesh
+    rules: tuple
+
+    @property
+    def size(self) -> int:
+        """Devices of the mesh (1 without one)."""
+        return 1 if self.mesh.empty else self.mesh.size
+
+    @property
+    def context_size(self) -> int:
+        """Size of the context axis still to split over (1: no mesh, or the axis is manual
+        already, inside a context-parallel op)."""
+        mesh = self.mesh
+        if mesh.empty or CONTEXT_AXIS not in mesh.axis_names:
+            return 1
+        if mesh.axis_types[mesh.axis_names.index(CONTEXT_AXIS)] == jax.sharding.AxisType.Manual:
+            return 1
+        return mesh.shape[CONTEXT_AXIS]
+
+    def axes(self, logical: str, size: int):
+        """The mesh axes the rules give the logical axis `logical`, if they split a dimension of
+        `size` evenly; else None (that dimension is then replicated)."""
+        axes = nn.logical_to_mesh_axes((logical,), self.rules)[0]
+        return axes if axes is not None and size % axes_size(self.mesh, axes) == 0 else None
+
+
+def tracing() -> Tracing:
+    """The mesh and rules in force (`use_mesh`, or `jax.set_mesh` with flax's axis rules)."""
+    return Tracing(jax.sharding.get_abstract_mesh(), tuple(nn.get_logical_axis_rules()))
 
 
 @contextlib.contextmanager

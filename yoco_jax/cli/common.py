@@ -20,9 +20,13 @@ FAILURE = 1
 
 # ConfigError and CheckpointError are ValueErrors; ImportError: an optional extra is missing.
 _BAD_INPUT = (
-    ValueError, ImportError, FileNotFoundError, FileExistsError, IsADirectoryError,
+    ValueError,
+    ImportError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
     NotADirectoryError,
-)  # fmt: skip
+)
 _FAILURES = (OSError, MemoryError, FloatingPointError)
 
 

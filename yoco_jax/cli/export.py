@@ -1,5 +1,5 @@
-"""`yoco-export` (`python -m yoco_jax.export`): a training run or exported folder written in the
-official PyTorch layout (params.json + model.safetensors + tokenizer.model), or with
+"""`yoco-export` (`python -m yoco_jax export`): a training run or exported folder written in
+the official PyTorch layout (params.json + model.safetensors + tokenizer.model), or with
 --format fla in flash-linear-attention's (a transformers model: config.json, model.safetensors,
 generation_config.json, tokenizer.json; docs/pytorch.md)."""
 
@@ -15,16 +15,18 @@ from yoco_jax.export import check_export_target
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.export", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a training output folder or an exported folder")
     parser.add_argument("out", help="a new folder for the export")
     parser.add_argument(
-        "--format", default="official", choices=["official", "fla"],
+        "--format",
+        default="official",
+        choices=["official", "fla"],
         help="official: YOCO's params.json layout; fla: flash-linear-attention's YOCOForCausalLM",
-    )  # fmt: skip
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    )
+    parser.add_argument(
+        "--save-dtype", default="float32", choices=["float32", "bfloat16"], help="of the weights"
+    )
     parser.add_argument("--tokenizer", help="the .model to ship (default: the source's own)")
     parser.add_argument("--force", action="store_true", help="replace an earlier export in out")
     add_unverified_flag(parser)
@@ -36,9 +38,9 @@ def main(argv=None) -> None:
         if args.tokenizer:
             model.tokenizer = find_tokenizer(None, model.config.vocab_size, args.tokenizer)
         save = model.save_fla if args.format == "fla" else model.save_official
-        folder = save(args.out, dtype=args.dtype, overwrite=args.force)
+        folder = save(args.out, dtype=args.save_dtype, overwrite=args.force)
     files = ", ".join(sorted(p.name for p in folder.iterdir()))
-    print(f"wrote {args.out}: {files} ({args.dtype})")
+    print(f"wrote {args.out}: {files} ({args.save_dtype})")
     if model.tokenizer is None:
         print(
             f"note: {args.source} has no tokenizer.model, so the export carries none; pass "

@@ -1,7 +1,7 @@
-"""`yoco-eval` (`python -m yoco_jax.eval.harness`): EleutherAI's lm-evaluation-harness tasks on
+"""`yoco-eval` (`python -m yoco_jax eval`): EleutherAI's lm-evaluation-harness tasks on
 a checkpoint (see yoco_jax/eval/harness.py; needs pip install -e '.[eval]').
 
-    python -m yoco_jax.eval.harness --checkpoint runs/demo --tasks hellaswag,lambada_openai
+    yoco-eval --checkpoint runs/demo --tasks hellaswag,lambada_openai
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ def _count(text: str) -> int:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.eval.harness", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    # lm-eval's own spellings (underscores) for the flags copied from its command line
     parser.add_argument("--include_path", help="a folder of extra task YAML files")
     parser.add_argument("--num_fewshot", type=_count, help="examples in each prompt (>= 0)")
     parser.add_argument("--limit", type=_limit, help="examples per task (or a fraction < 1)")
@@ -49,8 +48,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--output_path", help="folder for results.json (and samples)")
     parser.add_argument("--log_samples", action="store_true", help="also write every sample")
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
-    parser.add_argument("--prefill_chunk", type=positive_int, default=None, help=PREFILL_CHUNK_HELP)
-    parser.add_argument("--max_gen_toks", type=positive_int, default=256)
+    parser.add_argument("--prefill-chunk", type=positive_int, default=None, help=PREFILL_CHUNK_HELP)
+    parser.add_argument("--max-gen-toks", type=positive_int, default=256)
     parser.add_argument("--dtype", help="compute dtype override, e.g. bfloat16")
     parser.add_argument("--seed", type=integer, default=0)
     add_unverified_flag(parser)

@@ -37,7 +37,7 @@ from yoco_jax.cli.common import (
     positive_int,
     reported,
 )
-from yoco_jax.config import parse_overrides
+from yoco_jax.config_files import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference import placement
 from yoco_jax.inference.generate import generate

@@ -1,9 +1,9 @@
-"""`yoco-needle` (`python -m yoco_jax.eval.needle`): needle-in-a-haystack retrieval of a
+"""`yoco-needle` (`python -m yoco_jax needle`): needle-in-a-haystack retrieval of a
 checkpoint over a grid of context lengths x depths (x needle counts), as JSON and a heatmap
 (see yoco_jax/eval/needle.py).
 
-    python -m yoco_jax.eval.needle --checkpoint runs/demo --lengths 256,512,1024 --depths 5
-    python -m yoco_jax.eval.needle --checkpoint runs/demo --needles 1,2,4,8 --out multi
+    yoco-needle --checkpoint runs/demo --lengths 256,512,1024 --depths 5
+    yoco-needle --checkpoint runs/demo --needles 1,2,4,8 --out multi
 """
 
 from __future__ import annotations
@@ -81,9 +81,7 @@ def _depths(text: str) -> list[float]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.eval.needle", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-needle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--tokenizer", help="sentencepiece .model (default: the checkpoint's)")
     parser.add_argument("--lengths", type=_ints, default=[256, 512, 1024, 2048])

@@ -1,7 +1,7 @@
-"""`yoco-perplexity` (`python -m yoco_jax.eval.perplexity`): long-context perplexity by position
+"""`yoco-perplexity` (`python -m yoco_jax perplexity`): long-context perplexity by position
 of one checkpoint or two, as JSON and a plot (see yoco_jax/eval/perplexity.py).
 
-    python -m yoco_jax.eval.perplexity --checkpoint runs/yoco --data books/ --max-length 65536
+    yoco-perplexity --checkpoint runs/yoco --data books/ --max-length 65536
 """
 
 from __future__ import annotations
@@ -40,9 +40,7 @@ def _check_data(paths: list[str]) -> None:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.eval.perplexity", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-perplexity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="training output or official folder")
     parser.add_argument("--compare", help="a second checkpoint (e.g. the Transformer)")
     parser.add_argument("--data", nargs="+", required=True, help="text/JSONL files or folders")

@@ -1,4 +1,4 @@
-"""`yoco-prepare` (`python -m yoco_jax.data.prepare`): a corpus tokenized once into ArrayRecord
+"""`yoco-prepare` (`python -m yoco_jax prepare`): a corpus tokenized once into ArrayRecord
 shards (see yoco_jax/data/prepare.py)."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from yoco_jax.data.tokenizer import Tokenizer
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.data.prepare", description=module.__doc__,
+        prog="yoco-prepare",
+        description=module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     parser.add_argument("--input", nargs="+", required=True, help="files, folders, globs, ...")
     parser.add_argument("--tokenizer", required=True, help="sentencepiece .model file")
     parser.add_argument("--out", required=True, help="new or empty output folder")
@@ -26,9 +27,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = args.input[0] if len(args.input) == 1 else args.input
     with reported(parser.prog):
         manifest = module.prepare(
-            data, Tokenizer.load(args.tokenizer), args.out, kind=args.kind,
+            data,
+            Tokenizer.load(args.tokenizer),
+            args.out,
+            kind=args.kind,
             shard_documents=args.shard_documents,
-        )  # fmt: skip
+        )
     print(
         f"wrote {args.out}: {manifest['num_documents']} documents, "
         f"{manifest['num_tokens']} tokens in {len(manifest['sources'])} source(s)"

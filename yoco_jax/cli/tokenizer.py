@@ -1,7 +1,7 @@
-"""`yoco-tokenizer` (`python -m yoco_jax.data.tokenizer`): trains a sentencepiece tokenizer with
+"""`yoco-tokenizer` (`python -m yoco_jax tokenizer`): trains a sentencepiece tokenizer with
 this project's special ids (see yoco_jax/data/tokenizer.py).
 
-    python -m yoco_jax.data.tokenizer train --input stdlib --vocab-size 2048 --out /tmp/tok
+    yoco-tokenizer train --input stdlib --vocab-size 2048 --out /tmp/tok
 """
 
 from __future__ import annotations
@@ -14,9 +14,7 @@ from yoco_jax.data.tokenizer import Tokenizer
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m yoco_jax.data.tokenizer", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="yoco-tokenizer", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a sentencepiece model")
     train.add_argument("--input", nargs="+", required=True, help="files, folders, globs, stdlib")
@@ -28,9 +26,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     one_line_warnings(parser.prog)
     with reported(parser.prog):
         tokenizer = Tokenizer.train(
-            args.input, args.vocab_size, args.out, model_type=args.model_type,
+            args.input,
+            args.vocab_size,
+            args.out,
+            model_type=args.model_type,
             max_sentences=args.max_sentences,
-        )  # fmt: skip
+        )
     print(f"wrote {tokenizer.path} (vocab {tokenizer.vocab_size}, sha256 {tokenizer.sha256[:12]})")
 
 

@@ -6,7 +6,7 @@
 
 Keys are those of yoco_jax.train.config.TrainConfig (see docs/training.md); `model.<key>=`,
 `data.<key>=` and `mesh.<axis>=` reach the model, data and mesh settings. Multi-host: the same
-command on every host with --coordinator_address, --num_processes and --process_id (or
+command on every host with --coordinator-address, --num-processes and --process-id (or
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). YOCO_DOCS_STEPS=N caps steps at N
 (how the docs tests run every documented training command quickly).
 """
@@ -26,9 +26,9 @@ def main(argv=None):
     )
     parser.add_argument("--config", default=None, help="training config name or YAML path")
     parser.add_argument("--restart", action="store_true", help="start over (clears output_dir)")
-    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--coordinator-address", default=None, help="host:port of process 0")
+    parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--process-id", type=int, default=None)
     compile_cache.add_flag(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)

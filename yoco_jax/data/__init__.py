@@ -7,7 +7,7 @@ Public interface (used by yoco_jax.train):
   `.decode(ids)`, `.encode_batch(texts, num_threads=1)`, `.bos_id`, `.eos_id`, `.pad_id`,
   `.vocab_size`, `.path`, `.sha256`. Models trained here: pad 0, eos 1, bos 2, unk 3, byte
   fallback, no normalization (decode(encode(text)) == text). Foreign models keep their ids; one
-  without a pad piece pads with eos. CLI: `python -m yoco_jax.data.tokenizer train --input
+  without a pad piece pads with eos. CLI: `yoco-tokenizer train --input
   <files/folders/globs/stdlib> --vocab-size N --out <prefix>`.
 - `demo_tokenizer()`: 2048 pieces, shipped in yoco_jax/assets/, trained on the stdlib sources.
 - `load_tokenizer(name_or_path)` ("demo" or a .model), `find_tokenizer(checkpoint, vocab_size,
@@ -27,29 +27,25 @@ Public interface (used by yoco_jax.train):
   first batch): files named explicitly must be UTF-8 text, JSONL lines JSON objects with a
   string text; files a folder walk finds that are not UTF-8 and null texts are skipped with a
   `documents.DataWarning`.
-- `python -m yoco_jax.data.prepare --input <data> --tokenizer <model> --out <folder>`:
+- `yoco-prepare --input <data> --tokenizer <model> --out <folder>`:
   pre-tokenized ArrayRecord shards + manifest.json, read back with kind "arrayrecord" (or "auto").
 
 Nothing here imports grain or array_record at import time (the GPU machine has neither).
 """
 
-import importlib
+from yoco_jax.data.config import DataConfig
+from yoco_jax.data.corpus import stdlib_corpus
+from yoco_jax.data.pipeline import DataIterator, make_iterator
+from yoco_jax.data.tokenizer import Tokenizer, demo_tokenizer
+from yoco_jax.data.tokenizer_resolver import find_tokenizer, load_tokenizer
 
-_EXPORTS = {
-    "DataConfig": "config",
-    "DataIterator": "pipeline",
-    "Tokenizer": "tokenizer",
-    "demo_tokenizer": "tokenizer",
-    "find_tokenizer": "tokenizer_resolver",
-    "load_tokenizer": "tokenizer_resolver",
-    "make_iterator": "pipeline",
-    "stdlib_corpus": "corpus",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    # Lazy, so that `python -m yoco_jax.data.tokenizer` does not import its own module twice.
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'yoco_jax.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"yoco_jax.data.{_EXPORTS[name]}"), name)
+__all__ = [
+    "DataConfig",
+    "DataIterator",
+    "Tokenizer",
+    "demo_tokenizer",
+    "find_tokenizer",
+    "load_tokenizer",
+    "make_iterator",
+    "stdlib_corpus",
+]

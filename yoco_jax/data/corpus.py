@@ -14,7 +14,7 @@ the official layout) or a 1-D token array (ArrayRecord folders written by `prepa
   (or `"count"`, a positive number) entries; source `name` lists its JSONL shards in
   `json/<name>.json` (or inline as the entry's `"source"` list), each path absolute or relative
   to the root;
-- an ArrayRecord folder has the `manifest.json` written by `python -m yoco_jax.data.prepare`.
+- an ArrayRecord folder has the `manifest.json` written by `yoco-prepare`.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def find_files(path: str) -> list[str]:
         raise FileNotFoundError(
             f"data path {path!r} does not exist; expected a text or JSONL file, a folder of them, "
             "a glob, an official layout root (json/train.json), an ArrayRecord folder from "
-            "`python -m yoco_jax.data.prepare`, or 'stdlib'."
+            "`yoco-prepare`, or 'stdlib'."
         )
     files = sorted(str(f) for f in p.rglob("*") if f.is_file() and _visible(f.relative_to(p)))
     files = [f for f in files if f.endswith(JSONL_SUFFIXES) or not is_binary(f)]
@@ -170,7 +170,7 @@ def read_manifest(folder: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} is missing: an ArrayRecord data folder is written by "
-            "`python -m yoco_jax.data.prepare --input <data> --tokenizer <model> --out <folder>`."
+            "`yoco-prepare --input <data> --tokenizer <model> --out <folder>`."
         )
     return _load_json(path)
 

@@ -1,6 +1,6 @@
 """Pre-tokenize a corpus into ArrayRecord shards, so training reads tokens instead of text.
 
-    python -m yoco_jax.data.prepare --input <data> --tokenizer <model> --out <folder>
+    yoco-prepare --input <data> --tokenizer <model> --out <folder>
 
 `<data>` is anything `DataConfig.path` accepts. Each source becomes shards `<k>.<n>.array_record`
 of one record per document (its tokens, without EOS, as little-endian uint16 when the vocab
@@ -91,9 +91,3 @@ def prepare(
     )
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
-
-
-if __name__ == "__main__":  # the command lives in yoco_jax/cli/prepare.py
-    from yoco_jax.cli.prepare import main
-
-    main()

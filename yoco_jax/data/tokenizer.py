@@ -4,7 +4,7 @@ Models trained here use pad 0, eos 1, bos 2, unk 3 (the same ids at training and
 byte fallback (any text encodes, nothing maps to unk), and no text normalization: whitespace,
 indentation and newlines survive `decode(encode(text)) == text`.
 
-    python -m yoco_jax.data.tokenizer train --input stdlib --vocab-size 2048 --out /tmp/tok
+    yoco-tokenizer train --input stdlib --vocab-size 2048 --out /tmp/tok
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ class Tokenizer:
             raise ValueError(
                 f"{path or 'tokenizer bytes'} is not a valid sentencepiece model ({error}); "
                 "pass a .model file written by sentencepiece (e.g. by "
-                "`python -m yoco_jax.data.tokenizer train`)."
+                "`yoco-tokenizer train`)."
             ) from None
         if processor.eos_id() < 0:
             raise ValueError(
                 f"tokenizer {path or ''} defines no end-of-sequence piece; packing needs one "
-                "to separate documents. Train one with `python -m yoco_jax.data.tokenizer train`."
+                "to separate documents. Train one with `yoco-tokenizer train`."
             )
         self._processor = processor
         self._proto = model_proto
@@ -53,7 +53,7 @@ class Tokenizer:
         if not path.is_file():
             raise FileNotFoundError(
                 f"tokenizer model {str(path)!r} does not exist; expected a sentencepiece "
-                ".model file (train one with `python -m yoco_jax.data.tokenizer train`)."
+                ".model file (train one with `yoco-tokenizer train`)."
             )
         return cls(path.read_bytes(), str(path))
 
@@ -135,6 +135,21 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._processor.vocab_size()
 
+    def piece(self, token: int) -> str:
+        """The sentencepiece piece of a token id ("</s>", "\u2581the", "<0x0A>")."""
+        return self._processor.id_to_piece(int(token))
+
+    def token_text(self, token: int) -> str:
+        """One token's text as it reads inside a longer text (a leading space kept; a byte
+        piece its character when it is one byte of ASCII; ids past the tokenizer: "")."""
+        if not 0 <= token < self.vocab_size:
+            return ""
+        piece = self.piece(token)
+        if self._processor.is_byte(int(token)):
+            value = int(piece[3:-1], 16)
+            return chr(value) if value < 128 else piece
+        return piece.replace("\u2581", " ")
+
     @property
     def model_bytes(self) -> bytes:
         """The serialized sentencepiece model (what `save` writes)."""
@@ -181,9 +196,3 @@ def _sentences(texts: Iterator[str]) -> Iterator[str]:
         for line in text.splitlines():
             if line.strip():
                 yield line
-
-
-if __name__ == "__main__":  # the command lives in yoco_jax/cli/tokenizer.py
-    from yoco_jax.cli.tokenizer import main
-
-    main()

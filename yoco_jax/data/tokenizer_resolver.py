@@ -1,8 +1,5 @@
 """Which tokenizer: a name or path given by the user ("demo" = the shipped one), or the one a
 checkpoint folder carries; never a guess (a wrong tokenizer decodes to plausible garbage).
-
-Sentencepiece loads lazily here, so `import yoco_jax` stays light and
-`python -m yoco_jax.data.tokenizer` does not import its own module twice.
 """
 
 from __future__ import annotations
@@ -10,14 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from yoco_jax.data.tokenizer import Tokenizer, demo_tokenizer
+
 TOKENIZER_FILE = "tokenizer.model"  # training runs and exports keep their tokenizer here
 DEMO = "demo"  # the name of the shipped 2048-piece tokenizer
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The tokenizer named "demo" (shipped), or the sentencepiece .model at a path."""
-    from yoco_jax.data.tokenizer import Tokenizer, demo_tokenizer
-
     return demo_tokenizer() if str(name_or_path) == DEMO else Tokenizer.load(name_or_path)
 
 

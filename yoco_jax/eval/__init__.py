@@ -1,1 +1,1 @@
-"""Evaluations: needle in a haystack (`python -m yoco_jax.eval.needle`)."""
+"""Evaluations: needle in a haystack (`yoco-needle`)."""

@@ -1,7 +1,7 @@
 """Runs EleutherAI's lm-evaluation-harness on a yoco-jax model (the LM "yoco-jax").
 
-    python -m yoco_jax.eval.harness --checkpoint runs/demo --tasks hellaswag,lambada_openai
-    python -m yoco_jax.eval.harness --checkpoint ckpt --tasks my_task --include_path my_tasks/ \\
+    yoco-eval --checkpoint runs/demo --tasks hellaswag,lambada_openai
+    yoco-eval --checkpoint ckpt --tasks my_task --include_path my_tasks/ \\
         --num_fewshot 5 --limit 100 --batch_size 16 --output_path results/ --log_samples
 
 Needs the optional extra: pip install -e '.[eval]'. Runs on one process (see
@@ -118,9 +118,3 @@ def write_results(results: dict, out: Path, log_samples: bool) -> list[Path]:
         path.write_text("".join(dump(s) + "\n" for s in samples))
         written.append(path)
     return written
-
-
-if __name__ == "__main__":  # the command lives in yoco_jax/cli/harness.py
-    from yoco_jax.cli.harness import main
-
-    main()

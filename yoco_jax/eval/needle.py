@@ -9,8 +9,8 @@ have the asked length in tokens (the haystack is cut token by token, then trimme
 whole prompt fits), or the case is refused. Results over a grid of context lengths x depths
 (x needle counts) go to JSON and a heatmap PNG.
 
-    python -m yoco_jax.eval.needle --checkpoint runs/demo --lengths 256,512,1024 --depths 5
-    python -m yoco_jax.eval.needle --checkpoint runs/demo --needles 1,2,4,8 --out multi
+    yoco-needle --checkpoint runs/demo --lengths 256,512,1024 --depths 5
+    yoco-needle --checkpoint runs/demo --needles 1,2,4,8 --out multi
 """
 
 from __future__ import annotations
@@ -256,9 +256,3 @@ def model_answerer(model, tokenizer, max_new_tokens: int = 20, **generate_kwargs
         return [o.text for o in outs]
 
     return answer
-
-
-if __name__ == "__main__":  # the command lives in yoco_jax/cli/needle.py
-    from yoco_jax.cli.needle import main
-
-    main()

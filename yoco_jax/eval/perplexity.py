@@ -4,8 +4,8 @@ log-likelihood of tokens 1..P, for P = 1K, 2K, 4K ... N, over documents of N tok
 Every token is scored exactly with chunked prefill (`yoco_jax.eval.scoring`): activations stay
 O(chunk) whatever N; the cache grows with N (YOCO: one K/V for the whole cross-decoder).
 
-    python -m yoco_jax.eval.perplexity --checkpoint runs/yoco --data books/ --max-length 65536
-    python -m yoco_jax.eval.perplexity --checkpoint runs/yoco --compare runs/transformer \\
+    yoco-perplexity --checkpoint runs/yoco --data books/ --max-length 65536
+    yoco-perplexity --checkpoint runs/yoco --compare runs/transformer \\
         --data corpus.jsonl --max-length 8192 --concat --out results/ppl
 """
 
@@ -104,9 +104,3 @@ def plot(curves: dict[str, dict], path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
-
-
-if __name__ == "__main__":  # the command lives in yoco_jax/cli/perplexity.py
-    from yoco_jax.cli.perplexity import main
-
-    main()

@@ -22,7 +22,7 @@ from yoco_jax.config import ModelConfig
 from yoco_jax.inference import placement
 from yoco_jax.inference.plan import bucket, check_positive
 from yoco_jax.inference.sampling import Sampling, row_keys, sample
-from yoco_jax.model import build_model
+from yoco_jax.model import build_model, init_cache
 from yoco_jax.model.cache import Cache
 from yoco_jax.model.handle import ModelHandle
 
@@ -148,15 +148,25 @@ def start_decode(
     )
 
 
-def check_room(used, max_new, max_len: int) -> None:
+def idle_state(
+    config: ModelConfig, rows: int, max_len: int, buffer: int, logprobs: int | None = None
+) -> DecodeState:
+    """A decode state of `rows` done rows over empty caches of `max_len` positions (slots that
+    `insert_row` fills: a server's batch)."""
+    logits = np.zeros((rows, config.vocab_size), np.float32)
+    cache = init_cache(config, rows, max_len)
+    return start_decode(logits, cache, 0, buffer=buffer, logprobs=logprobs)
+
+
+def check_room(used, max_new, max_len: int, limit: str = "the cache's max_len") -> None:
     """THE room rule: the last new token is returned, never fed back, so a row needs
     used + max_new - 1 cache positions (used: tokens already in the cache)."""
     need = np.asarray(used) + np.maximum(np.asarray(max_new) - 1, 0)
     if need.max(initial=0) > max_len:
         raise ValueError(
             f"prompt + max_new_tokens - 1 (the last new token takes no cache position) reaches "
-            f"{int(need.max())} positions, beyond the cache's {max_len}: shorten the prompt, "
-            "ask for fewer new tokens or give a larger max_len"
+            f"{int(need.max())} positions, beyond {limit} {max_len}: shorten the prompt, "
+            f"ask for fewer new tokens or raise {limit.split()[-1]}"
         )
 
 

@@ -37,10 +37,13 @@ def find_stop(text: str, stop_texts: Sequence[str]) -> int | None:
 
 def rows_at_stop(out, n_out, done, stop_texts: Sequence[str], tokenizer) -> np.ndarray:
     """bool [B]: live rows whose text so far (out [B, N], n_out [B] tokens) holds a stop string."""
-    return np.array([
-        not done[i] and find_stop(tokenizer.decode(out[i, : n_out[i]].tolist()), stop_texts)
-        is not None for i in range(len(done))
-    ])  # fmt: skip
+    return np.array(
+        [
+            not done[i]
+            and find_stop(tokenizer.decode(out[i, : n_out[i]].tolist()), stop_texts) is not None
+            for i in range(len(done))
+        ]
+    )
 
 
 def cut_at_stop(tokens: list[int], text: str, cut: int, tokenizer) -> tuple[list[int], str]:

@@ -93,9 +93,18 @@ def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, o_ref, *, cfg):
             start = jnp.minimum(key0, cache_len - block_keys)
             keys = pl.ds(start, block_keys)
             return _tile(
-                carry, q, k_ref[keys, :], v_ref[keys, :], row0, key0, start, length, masking,
-                cfg, masked,
-            )  # fmt: skip
+                carry,
+                q,
+                k_ref[keys, :],
+                v_ref[keys, :],
+                row0,
+                key0,
+                start,
+                length,
+                masking,
+                cfg,
+                masked,
+            )
 
         return step
 
@@ -148,9 +157,18 @@ def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, o_ref, acc, m, denom, *, cfg, 
     def _step():
         key0 = j * block_keys
         acc[...], m[...], denom[...] = _tile(
-            (acc[...], m[...], denom[...]), q_ref[...], k_ref[...], v_ref[...], row0, key0,
-            key0, length, masking, cfg, True,
-        )  # fmt: skip
+            (acc[...], m[...], denom[...]),
+            q_ref[...],
+            k_ref[...],
+            v_ref[...],
+            row0,
+            key0,
+            key0,
+            length,
+            masking,
+            cfg,
+            True,
+        )
 
     @pl.when(j == nkb - 1)
     def _done():
@@ -200,9 +218,18 @@ def _tpu_call(rows, k, v, lengths, cfg, interpret):
 
 
 def chunk_attention(
-    q, k_cache, v_cache, lengths, *, window=None, sm_scale=None, interpret=None, backend=None,
-    block_rows=None, block_keys=None,
-):  # fmt: skip
+    q,
+    k_cache,
+    v_cache,
+    lengths,
+    *,
+    window=None,
+    sm_scale=None,
+    interpret=None,
+    backend=None,
+    block_rows=None,
+    block_keys=None,
+):
     """Attention of a chunk of queries per sequence against its K/V cache (chunked prefill).
 
     q `[B, Tq, Hq, D]`, caches `[B, S, Hkv, D]`, lengths `[B]` int32: sequence b has lengths[b]

@@ -72,9 +72,17 @@ def _gpu_kernel(length_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, denom_ref, *, c
         start = jnp.minimum(key0, cache_len - block_keys)  # keep the last block inside the cache
         keys = pl.ds(start, block_keys)
         return _split_step(
-            carry, q, k_ref[keys, :], v_ref[keys, :], key0, start, length, cfg["q_len"],
-            cfg["masking"], cfg["sm_scale"],
-        )  # fmt: skip
+            carry,
+            q,
+            k_ref[keys, :],
+            v_ref[keys, :],
+            key0,
+            start,
+            length,
+            cfg["q_len"],
+            cfg["masking"],
+            cfg["sm_scale"],
+        )
 
     init = (
         jnp.zeros(acc_ref.shape, jnp.float32),
@@ -127,9 +135,17 @@ def _tpu_kernel(lengths_ref, q_ref, k_ref, v_ref, acc_out, m_out, denom_out, acc
     def _step():
         carry = (acc[...], m[...], denom[...])
         acc[...], m[...], denom[...] = _split_step(
-            carry, q_ref[...], k_ref[...], v_ref[...], key0, key0, length, cfg["q_len"],
-            cfg["masking"], cfg["sm_scale"],
-        )  # fmt: skip
+            carry,
+            q_ref[...],
+            k_ref[...],
+            v_ref[...],
+            key0,
+            key0,
+            length,
+            cfg["q_len"],
+            cfg["masking"],
+            cfg["sm_scale"],
+        )
 
     @pl.when(t == blocks_per_split - 1)
     def _finish():

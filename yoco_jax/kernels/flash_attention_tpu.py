@@ -52,9 +52,12 @@ def _call(kernel, traced_bounds, grid, in_specs, out_specs, scratch, out_shape, 
     the kernel's arguments."""
     prefetch = () if traced_bounds is None else (traced_bounds,)
     grid_spec = pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=len(prefetch), grid=grid, in_specs=in_specs, out_specs=out_specs,
+        num_scalar_prefetch=len(prefetch),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
         scratch_shapes=scratch,
-    )  # fmt: skip
+    )
     return functools.partial(
         pl.pallas_call(
             kernel,
@@ -63,7 +66,7 @@ def _call(kernel, traced_bounds, grid, in_specs, out_specs, scratch, out_shape, 
             compiler_params=_SEMANTICS,
             interpret=cfg.interpret,
             name=name,
-        ),  # fmt: skip
+        ),
         *prefetch,
     )
 
@@ -125,10 +128,16 @@ def forward(q, k, v, cfg, traced_bounds=None):
         jax.ShapeDtypeStruct((batch, num_kv_heads, num_rows, 1), jnp.float32),
     ]
     call = _call(
-        functools.partial(_forward_kernel, cfg=cfg, nkb=nkb), traced_bounds,
-        (batch, num_kv_heads, nrb, nkb), [row_spec, kv_spec, kv_spec], [row_spec, lse_spec],
-        scratch, out_shape, "flash_attention_fwd_tpu", cfg,
-    )  # fmt: skip
+        functools.partial(_forward_kernel, cfg=cfg, nkb=nkb),
+        traced_bounds,
+        (batch, num_kv_heads, nrb, nkb),
+        [row_spec, kv_spec, kv_spec],
+        [row_spec, lse_spec],
+        scratch,
+        out_shape,
+        "flash_attention_fwd_tpu",
+        cfg,
+    )
     return call(q, k, v)
 
 
@@ -212,11 +221,16 @@ def backward(q, k, v, lse, delta, do, cfg, traced_bounds=None):
     stats = pl.BlockSpec((None, None, block_rows, 1), rows_of_key_block)
     keys = pl.BlockSpec((None, None, block_keys, head_dim), lambda b, h, j, i, *_: (b, h, j, 0))
     dk, dv = _call(
-        functools.partial(_dkdv_kernel, cfg=cfg, nrb=nrb), traced_bounds,
-        (batch, num_kv_heads, nkb, nrb), [rows, keys, keys, rows, stats, stats], [keys, keys],
+        functools.partial(_dkdv_kernel, cfg=cfg, nrb=nrb),
+        traced_bounds,
+        (batch, num_kv_heads, nkb, nrb),
+        [rows, keys, keys, rows, stats, stats],
+        [keys, keys],
         [pltpu.VMEM((block_keys, head_dim), jnp.float32)] * 2,
-        [jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2, "flash_attention_bwd_dkdv_tpu", cfg,
-    )(q, k, v, do, lse, delta)  # fmt: skip
+        [jax.ShapeDtypeStruct(k.shape, k.dtype)] * 2,
+        "flash_attention_bwd_dkdv_tpu",
+        cfg,
+    )(q, k, v, do, lse, delta)
 
     # dQ: grid (b, h, row block i, key block j), keys inner.
     def keys_of_row_block(b, h, i, j, *prefetch):
@@ -228,9 +242,14 @@ def backward(q, k, v, lse, delta, do, cfg, traced_bounds=None):
     stats = pl.BlockSpec((None, None, block_rows, 1), lambda b, h, i, j, *_: (b, h, i, 0))
     keys = pl.BlockSpec((None, None, block_keys, head_dim), keys_of_row_block)
     dq = _call(
-        functools.partial(_dq_kernel, cfg=cfg, nkb=nkb), traced_bounds,
-        (batch, num_kv_heads, nrb, nkb), [rows, keys, keys, rows, stats, stats], rows,
+        functools.partial(_dq_kernel, cfg=cfg, nkb=nkb),
+        traced_bounds,
+        (batch, num_kv_heads, nrb, nkb),
+        [rows, keys, keys, rows, stats, stats],
+        rows,
         [pltpu.VMEM((block_rows, head_dim), jnp.float32)],
-        jax.ShapeDtypeStruct(q.shape, q.dtype), "flash_attention_bwd_dq_tpu", cfg,
-    )(q, k, v, do, lse, delta)  # fmt: skip
+        jax.ShapeDtypeStruct(q.shape, q.dtype),
+        "flash_attention_bwd_dq_tpu",
+        cfg,
+    )(q, k, v, do, lse, delta)
     return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)

@@ -1,5 +1,6 @@
 """Softmax-attention mixers: sliding-window (YOCO-SWA self-decoder), cross-attention (YOCO
-cross-decoder) and full causal self-attention (the Transformer baseline)."""
+cross-decoder) and full causal self-attention (the Transformer baseline). Each projects, says
+which keys its queries see, and calls the one attention address (ops/attention.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,12 @@ from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import KVCache, WindowKV
 from yoco_jax.model.layers import Linear, project_qkv
 from yoco_jax.model.rotary import apply_rotary
-from yoco_jax.ops import context_parallel
-from yoco_jax.ops.attention import cache_attention, causal_attention
+from yoco_jax.ops.attention import attend, cached, causal, gathered
 from yoco_jax.ops.chunked_attention import window_context
 
 
 def _dense(cfg: ModelConfig, features: int, axes: tuple[str, str], name: str) -> Linear:
     return Linear(features, axes, cfg.dtype, cfg.param_dtype, name=name)
-
-
-def _options(cfg: ModelConfig) -> dict:
-    """The attention implementation and Pallas kernel options `cfg` asks of ops.attention."""
-    return {"impl": cfg.attention_impl, **cfg.kernel_options}
 
 
 class SlidingWindowAttention(nn.Module):
@@ -45,15 +40,13 @@ class SlidingWindowAttention(nn.Module):
         q, k, v = project_qkv(cfg, x, positions, h, h, d)
 
         new_cache = None
-        if (cache is None or fresh) and context_parallel.context_size() > 1:  # split sequence
-            o = context_parallel.window_attention(q, k, v, positions, w, **_options(cfg))
-        elif cache is None or fresh:
-            o = causal_attention(q, k, v, window=w, **_options(cfg))
+        if cache is None or fresh:
+            o = attend(q, k, v, causal(positions, w), cfg)
         else:
             # Ring + chunk laid out in position order: the chunk-vs-cache path (padding keys
             # sit after every real query, so causality hides them).
             keys, values, lengths = window_context(cache.k, cache.v, k, v, positions[:, 0])
-            o = cache_attention(q, keys, values, lengths, window=w, **_options(cfg))
+            o = attend(q, keys, values, cached(lengths, w), cfg)
         if cache is not None:
             new_cache = cache.write(k, v, positions, valid)
         o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")  # a remat name (model/block.py)
@@ -87,13 +80,12 @@ class CrossAttention(nn.Module):
         )
         q = checkpoint_name(q, "qkv")
         if kv_positions is not None:
-            o = context_parallel.cross_attention(q, positions, k, v, kv_positions, **_options(cfg))
+            visibility = gathered(positions, kv_positions)
         elif lengths is None:
-            o = causal_attention(q, k, v, **_options(cfg))
-        elif context_parallel.context_size() > 1:  # the cache is split along its length
-            o = context_parallel.cache_attention(q, k, v, lengths)
+            visibility = causal(positions)
         else:
-            o = cache_attention(q, k, v, lengths, **_options(cfg))
+            visibility = cached(lengths)
+        o = attend(q, k, v, visibility, cfg)
         o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")
         return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o), None
 
@@ -120,9 +112,8 @@ class SelfAttention(nn.Module):
         if cache is not None:
             new_cache = cache.write(k, v, positions, valid)
         if cache is None or fresh:
-            o = causal_attention(q, k, v, **_options(cfg))
+            o = attend(q, k, v, causal(positions), cfg)
         else:
-            lengths = positions[:, 0] + t
-            o = cache_attention(q, new_cache.k, new_cache.v, lengths, **_options(cfg))
+            o = attend(q, new_cache.k, new_cache.v, cached(positions[:, 0] + t), cfg)
         o = checkpoint_name(o.reshape(b, t, dim), "mixer_out")
         return _dense(cfg, dim, ("heads", "embed"), "out_proj")(o), new_cache

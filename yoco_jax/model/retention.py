@@ -9,10 +9,11 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Bool, Float, Int
 
+from yoco_jax import sharding
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import RetentionState
 from yoco_jax.model.layers import Linear, RMSNorm, project_qkv, xavier_uniform
-from yoco_jax.ops import context_parallel, retention_kernel
+from yoco_jax.ops import context_retention, retention_kernel
 from yoco_jax.ops.retention import recurrent_retention
 
 GATE_LOGIT_NORMALIZER = 16  # gamma = sigmoid(x W)^(1/16)
@@ -51,8 +52,9 @@ class GatedRetention(nn.Module):
         chunkwise = functools.partial(
             retention_kernel.chunkwise, impl=cfg.retention_impl, **cfg.kernel_options
         )
-        if cache is None and context_parallel.context_size() > 1:  # sequence split over devices
-            o, new_cache = context_parallel.retention(q, k, v, log_gate, cfg.chunk_size), None
+        split = sharding.tracing().context_size > 1  # the sequence split over devices
+        if cache is None and split:
+            o, new_cache = context_retention.retention(q, k, v, log_gate, cfg.chunk_size), None
         elif cache is None:
             o, _ = chunkwise(q, k, v, log_gate, cfg.chunk_size)
             new_cache = None
@@ -60,8 +62,7 @@ class GatedRetention(nn.Module):
             o, state = recurrent_retention(q[:, 0], k[:, 0], v[:, 0], log_gate[:, 0], cache.state)
             o, new_cache = o[:, None], RetentionState(state)
         else:  # a prompt chunk; split over devices under a context mesh
-            split = context_parallel.context_size() > 1
-            form = context_parallel.retention if split else chunkwise
+            form = context_retention.retention if split else chunkwise
             o, state = form(q, k, v, log_gate, cfg.chunk_size, cache.state)
             new_cache = RetentionState(state)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 from jaxtyping import Array, ArrayLike, Float, Int, Real
 
+from yoco_jax import sharding
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.block import ACTIVATION_AXES
 from yoco_jax.model.cache import YOCOCache
@@ -83,7 +84,7 @@ class YOCO(LanguageModel):
         x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
         x, _ = self.self_decoder(x, positions)
         k, v = self.cross_decoder.project_kv(x, positions)
-        if context_parallel.context_size() > 1:  # one gather of the global K/V (or the ring)
+        if sharding.tracing().context_size > 1:  # one gather of the global K/V (or the ring)
             k, v, kv_pos = context_parallel.gather_kv(
                 k, v, positions, self.config.context_attention
             )
@@ -114,7 +115,7 @@ class YOCO(LanguageModel):
         x, self_caches = self.self_decoder(x, positions, cache.self_layers, valid, fresh)
         k, v = self.cross_decoder.project_kv(x, positions)
         kv = cache.kv.write(k, v, positions, valid)
-        if context_parallel.context_size() > 1:  # the global cache stays split along its length
+        if sharding.tracing().context_size > 1:  # the global cache stays split along its length
             kv = type(kv)(*map(context_parallel.split_along_length, kv))
         lengths = cache.lengths + n_new
         new_cache = YOCOCache(self_caches, kv, lengths)

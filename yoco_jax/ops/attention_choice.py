@@ -1,5 +1,6 @@
-"""What `attention_impl="auto"` runs, per platform and shape (the table is in
-docs/benchmarks-attention.md with the measurements behind it).
+"""What `attention_impl="auto"` runs, per platform and shape: the one resolver (`pick`) that
+ops/attention.py, the context-parallel kernels, train/memory.py and bench/ ask. The table is in
+docs/benchmarks-attention.md with the measurements behind it.
 
 Kinds of attention call:
 - "causal": a whole sequence, causal (training, a one-chunk prefill, YOCO's cross-decoder in
@@ -10,6 +11,9 @@ Kinds of attention call:
   the blocked XLA path (ops/chunked_attention.py) on CPU.
 CPU always runs XLA; shapes the Pallas tiles cannot take (head_dim not a power of two >= 16,
 fewer than 16 keys) run XLA everywhere.
+
+An earlier second resolver answered "pallas" for every GPU call; for bf16 causal attention this
+one answers "cudnn", which was measured (above), so it is the one kept.
 """
 
 from __future__ import annotations
@@ -58,12 +62,14 @@ def choose_attention(
 
 def pick(impl: str, kind: str, q, kv_len: int, window: int | None = None) -> str:
     """`impl` itself unless it is "auto"; then `choose_attention` for this call on the default
-    backend. q `[B, Tq, Hq, D]`."""
+    backend. q `[B, Tq, Hq, Dh]`: an array or a `jax.ShapeDtypeStruct` (only its dtype and head
+    dim are read)."""
     if impl != "auto":
         return impl
     return choose_attention(jax.default_backend(), kind, q.dtype, q.shape[-1], window, kv_len)
 
 
 def cudnn_causal_attention(q, k, v):
-    """Causal GQA attention by cuDNN (q `[B, T, Hq, D]`, k/v `[B, T, Hkv, D]`, half precision)."""
+    """Causal GQA attention by cuDNN (q `[B, T, Hq, Dh]`, k/v `[B, T, Hkv, Dh]`, half
+    precision)."""
     return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")

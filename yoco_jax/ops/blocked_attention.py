@@ -1,7 +1,10 @@
-"""Blocked online-softmax attention by positions, with an exact flash-style backward (pure XLA).
+"""Blocked online-softmax attention by positions, with an exact flash-style backward (pure XLA):
+the one XLA implementation of the online softmax.
 
-The attention inside the context-parallel ops (yoco_jax.ops.context_parallel): queries are one
-device's slice, keys the gathered global K/V (or a slice and its window halo). A loop walks the
+It runs inside the context-parallel ops (yoco_jax.ops.context_parallel: queries are one
+device's slice, keys the gathered global K/V or a slice and its window halo), each hop of ring
+attention (its forward and backward, `forward_with_lse` and `backward`), and a prefill chunk
+against a cache where no kernel runs (ops/chunked_attention.py, a wrapper). A loop walks the
 keys in blocks with a running max and sum per query, so memory is O(Tq x block) scores, never
 `[Tq, Tk]`; only the blocks in [first, end) are loaded and computed, the range of blocks that
 hold a key some query can see. Keys entirely in the queries' future (or before every window)
@@ -11,9 +14,13 @@ The loop bounds depend on the positions, which reverse-mode autodiff of a while 
 handle, so the gradient is a custom VJP: the backward pass walks the same blocks, recomputes
 the scores and uses the saved log-sum-exp (flash attention's backward), all in float32.
 
-q [B, Tq, Hq, D]; k, v [B, Tk, Hkv, D] (query head h reads kv head h // (Hq // Hkv));
-q_pos [B, Tq], kv_pos [B, Tk] global positions, negative for an empty slot. Query at p sees
-keys at s with 0 <= s <= p (and p - window < s). A query that sees no key returns 0.
+q [B, Tq, Hq, Dh]; k, v [B, Tk, Hkv, Dh] (query head h reads kv head h // (Hq // Hkv));
+q_pos [B, Tq], kv_pos [B, Tk] global positions, negative for an empty slot; or kv_pos [B]: the
+row lengths of a cache whose key j sits at position j (present below the row's length; no
+[B, Tk] array is then made, so memory stays independent of the cache). Query at p sees
+keys at s with 0 <= s <= p (and p - window < s). A query that sees no key returns 0. Hidden
+keys never reach the result, even NaN ones (the stale slots of a cache): their values are
+zeroed before they meet the probabilities.
 """
 
 from __future__ import annotations
@@ -26,11 +33,16 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 f32 = jnp.float32
-DEFAULT_BLOCK_KEYS = 512
+BLOCK_KEYS = 512  # keys per loop step (fewer when the keys are fewer); memory O(Tq x BLOCK_KEYS)
 
 
 def _key_range(q_pos, kv_pos, window, bk):
     """[first, end): the key blocks holding a key that some query can see (int32 scalars)."""
+    if kv_pos.ndim == 1:  # a cache's lengths: blocks up to the longest row's end
+        first = jnp.int32(0)
+        if window is not None:  # the earliest key any query can see
+            first = jnp.maximum(jnp.min(q_pos) - window + 1, 0) // bk
+        return first, (jnp.max(kv_pos) + bk - 1) // bk
     seen = (kv_pos >= 0) & (kv_pos <= jnp.max(q_pos, axis=1, keepdims=True))
     if window is not None:
         seen &= kv_pos > jnp.min(q_pos, axis=1, keepdims=True) - window
@@ -43,14 +55,20 @@ def _key_range(q_pos, kv_pos, window, bk):
 
 def _scores(qg, k, v, q_pos, kv_pos, window, bk, j):
     """Block j of keys: (scaled scores [B, Hkv, G, Tq, bk] f32, -inf where hidden; its keys,
-    values, first index). The last block is moved back inside Tk; keys it shares with the
-    block before are hidden here (counted there)."""
+    values (0 at empty slots), first index). The last block is moved back inside Tk; keys it
+    shares with the block before are hidden here (counted there)."""
     key0 = j * bk
     start = jnp.minimum(key0, k.shape[1] - bk)
-    kb, vb, pb = (lax.dynamic_slice_in_dim(x, start, bk, axis=1) for x in (k, v, kv_pos))
-    fresh = start + jnp.arange(bk) >= key0  # [bk]
+    kb, vb = (lax.dynamic_slice_in_dim(x, start, bk, axis=1) for x in (k, v))
+    if kv_pos.ndim == 1:  # a cache's lengths: key i at position i, -1 past the row's end
+        index = start + jnp.arange(bk)
+        pb = jnp.where(index < kv_pos[:, None], index, -1)
+    else:
+        pb = lax.dynamic_slice_in_dim(kv_pos, start, bk, axis=1)
+    present = (start + jnp.arange(bk) >= key0) & (pb >= 0)  # [B, bk]
+    vb = jnp.where(present[:, :, None, None], vb, jnp.zeros_like(vb))  # no NaN from stale slots
     kp, qp = pb[:, None, :], q_pos[:, :, None]
-    mask = fresh & (kp >= 0) & (kp <= qp)  # [B, Tq, bk]
+    mask = present[:, None, :] & (kp <= qp)  # [B, Tq, bk]
     if window is not None:
         mask &= kp > qp - window
     s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kb, preferred_element_type=f32) * qg.shape[-1] ** -0.5
@@ -58,12 +76,14 @@ def _scores(qg, k, v, q_pos, kv_pos, window, bk, j):
 
 
 def _group(x, hkv):
-    """[B, T, Hq, D] -> [B, T, Hkv, G, D]."""
+    """[B, T, Hq, Dh] -> [B, T, Hkv, G, Dh]."""
     b, t, hq, d = x.shape
     return x.reshape(b, t, hkv, hq // hkv, d)
 
 
-def _forward(q, k, v, q_pos, kv_pos, window, bk):
+def forward_with_lse(q, k, v, q_pos, kv_pos, window, bk):
+    """(output [B, Tq, Hq, Dh] in q's dtype, log-sum-exp [B, Hkv, G, Tq] float32, inf where a
+    query sees no key); `bk`: keys per block (at most Tk). Positions int32."""
     b, tq, hq, d = q.shape
     qg = _group(q, k.shape[2])
     first, end = _key_range(q_pos, kv_pos, window, bk)
@@ -90,15 +110,18 @@ def _forward(q, k, v, q_pos, kv_pos, window, bk):
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def _attention(q, k, v, q_pos, kv_pos, window, bk):
-    return _forward(q, k, v, q_pos, kv_pos, window, bk)[0]
+    return forward_with_lse(q, k, v, q_pos, kv_pos, window, bk)[0]
 
 
 def _attention_fwd(q, k, v, q_pos, kv_pos, window, bk):
-    out, lse = _forward(q, k, v, q_pos, kv_pos, window, bk)
+    out, lse = forward_with_lse(q, k, v, q_pos, kv_pos, window, bk)
     return out, (q, k, v, q_pos, kv_pos, out, lse)
 
 
-def _attention_bwd(window, bk, saved, d_out):
+def backward(window, bk, saved, d_out):
+    """(dq, dk, dv, None, None) of `forward_with_lse` from what it saved, `(q, k, v, q_pos,
+    kv_pos, out, lse)`, and the output's cotangent (lse may be another call's: the ring's
+    global one). Accumulates in float32; returns the inputs' dtypes."""
     q, k, v, q_pos, kv_pos, out, lse = saved
     hkv = k.shape[2]
     qg = _group(q, hkv)
@@ -129,19 +152,19 @@ def _attention_bwd(window, bk, saved, d_out):
     return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
 
 
-_attention.defvjp(_attention_fwd, _attention_bwd)
+_attention.defvjp(_attention_fwd, backward)
 
 
 def blocked_attention(
-    q: Float[Array, "B Tq Hq D"],
-    k: Float[Array, "B Tk Hkv D"],
-    v: Float[Array, "B Tk Hkv D"],
+    q: Float[Array, "B Tq Hq Dh"],
+    k: Float[Array, "B Tk Hkv Dh"],
+    v: Float[Array, "B Tk Hkv Dh"],
     q_pos: Int[Array, "B Tq"],
-    kv_pos: Int[Array, "B Tk"],
+    kv_pos: Int[Array, "B Tk"] | Int[Array, " B"],
     *,
     window: int | None = None,
-    block_keys: int = DEFAULT_BLOCK_KEYS,
-) -> Float[Array, "B Tq Hq D"]:
+    block_keys: int = BLOCK_KEYS,
+) -> Float[Array, "B Tq Hq Dh"]:
     """Causal (optionally sliding-window) attention by positions; see the module docstring."""
     bk = min(block_keys, k.shape[1])
     return _attention(q, k, v, q_pos.astype(jnp.int32), kv_pos.astype(jnp.int32), window, bk)

@@ -15,7 +15,7 @@ the same). The offsets are read from row 0: key j sits at global position
 fall below `kv_start`.
 
 The shard_map around the kernels must not check varying axes (`check_vma=False`): a pallas_call
-result carries no varying-axes type. Inside it, `_per_device` splits batch and heads over the
+result carries no varying-axes type. Inside it, `per_device` splits batch and heads over the
 other mesh axes as for the unsplit path.
 """
 
@@ -26,14 +26,14 @@ import functools
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from yoco_jax.kernels import flash_attention
 from yoco_jax.ops import attention_choice
-
-# The nested per-device shard_map of the unsplit Pallas path (batch and heads over the mesh).
-from yoco_jax.ops.attention import _per_device
+from yoco_jax.ops.per_device import per_device
+from yoco_jax.ops.zigzag import halves
 
 
 def halves_kernel(
-    q: Float[Array, "B T Hq D"],
+    q: Float[Array, "B T Hq Dh"],
     kv_len: int,
     window: int | None = None,
     impl: str = "xla",
@@ -50,38 +50,27 @@ def halves_kernel(
 
 
 def _by_halves(
-    q: Float[Array, "B Tq Hq D"],
+    q: Float[Array, "B Tq Hq Dh"],
     pos: Int[Array, "B Tq"],
-    k: Float[Array, "B Tk Hkv D"],
-    v: Float[Array, "B Tk Hkv D"],
+    k: Float[Array, "B Tk Hkv Dh"],
+    v: Float[Array, "B Tk Hkv Dh"],
     kv_pos: Int[Array, "B Tk"],
     window: int | None = None,
     *,
     backend: str | None,
     interpret: bool | None,
-) -> Float[Array, "B Tq Hq D"]:
+) -> Float[Array, "B Tq Hq Dh"]:
     """One device's queries against its keys, each half on its own (the zig-zag halves lie far
     apart); arguments as context_parallel._by_halves."""
-    from yoco_jax.kernels import flash_attention
-
-    t, kv_len = q.shape[1], k.shape[1]
-    parts = [(0, t)] if t % 2 else [(0, t // 2), (t // 2, t)]
+    kv_len = k.shape[1]
 
     def attend(q, k, v, pos, kv_pos):
         first_key = kv_pos[0, -1] - (kv_len - 1)  # global position of key 0
-        halves = [
-            flash_attention(
-                q[:, a:b],
-                k,
-                v,
-                window=window,
-                q_offset=pos[0, a] - first_key,
-                kv_start=-first_key,
-                backend=backend,
-                interpret=interpret,
-            )  # fmt: skip
-            for a, b in parts
+        options = dict(window=window, kv_start=-first_key, backend=backend, interpret=interpret)
+        parts = [
+            flash_attention(q[:, s], k, v, q_offset=pos[0, s][0] - first_key, **options)
+            for s in halves(q.shape[1])
         ]
-        return jnp.concatenate(halves, axis=1)
+        return jnp.concatenate(parts, axis=1)
 
-    return _per_device(attend, q, k, v, pos, kv_pos)
+    return per_device(attend, q, k, v, pos, kv_pos)

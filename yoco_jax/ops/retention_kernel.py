@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from yoco_jax import sharding
 from yoco_jax.kernels.common import resolve_backend
 from yoco_jax.kernels.retention_gpu import retention_forward
-from yoco_jax.ops.attention import _where_divides
 from yoco_jax.ops.retention import chunkwise_retention
 
 IMPLS = ("xla", "pallas")
@@ -49,14 +48,13 @@ _kernel_retention.defvjp(_kernel_retention_fwd, _kernel_retention_bwd)
 
 
 def _per_device(kernel, q, k, v, log_gate, state):
-    """`kernel` on each device's batch and heads under the context mesh (a pallas_call cannot
-    be partitioned by XLA); plain call without a mesh."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    """`kernel` on each device's batch and heads under the mesh being traced under (a
+    pallas_call cannot be partitioned by XLA); plain call without a mesh."""
+    mesh = sharding.tracing()
+    if mesh.size == 1:
         return kernel(q, k, v, log_gate, state)
-    batch, heads = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
-    batch = _where_divides(mesh, batch, q.shape[0])
-    heads = _where_divides(mesh, heads, q.shape[2])
+    batch = mesh.axes("activation_batch", q.shape[0])
+    heads = mesh.axes("activation_heads", q.shape[2])
     seq, gates, states = P(batch, None, heads, None), P(batch, None, heads), P(batch, heads)
     specs = dict(in_specs=(seq, seq, seq, gates, states), out_specs=(seq, states))
     return jax.shard_map(kernel, **specs, check_vma=False)(q, k, v, log_gate, state)

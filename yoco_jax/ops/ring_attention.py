@@ -1,14 +1,15 @@
 """Ring attention for the cross-decoder: its K/V stay split over the `context` axis.
 
 The other form (yoco_jax.ops.context_parallel.gather_kv) all-gathers the one global K/V once per
-step, a copy of [B, T, Hkv, D] x 2 on every device; `choose` picks ring attention when that copy
+step, a copy of [B, T, Hkv, Dh] x 2 on every device; `choose` picks ring attention when that copy
 would not fit (`GATHER_LIMIT_BYTES`). Here each device keeps its slice of K/V and every cross
 layer passes the slices around the ring (`lax.ppermute` to the next device, n - 1 hops): at each
 hop the local queries attend to the block they hold, and the partial results are merged by an
 online softmax (running log-sum-exp, float32). Positions travel with the blocks, so the causal
 mask is by global position and any layout works; in the zig-zag one (queries and K/V both
 balanced, as `gather_kv` leaves them) every hop costs each device the same, and each half of the
-local queries skips the key blocks wholly in its future (yoco_jax.ops.blocked_attention).
+local queries skips the key blocks wholly in its future (yoco_jax.ops.blocked_attention,
+ops/zigzag.py).
 
 Backward: a custom VJP, flash-style. The forward saves only the local q, K/V slice, output and
 log-sum-exp; the backward passes the K/V blocks around the ring again with float32 dK/dV
@@ -18,7 +19,7 @@ ppermute loop would instead keep every received block for the backward: the whol
 K/V per layer, the memory this form exists to avoid. Merges and accumulators are float32;
 in bfloat16 each hop's partial output and gradients are rounded once before they are added.
 
-Shapes: q [B, Tq, Hq, D] and positions [B, Tq]; k, v [B, Tk, Hkv, D] and kv_positions [B, Tk],
+Shapes: q [B, Tq, Hq, Dh] and positions [B, Tq]; k, v [B, Tk, Hkv, Dh] and kv_positions [B, Tk],
 all split along their length over the axis (query head h reads kv head h // (Hq // Hkv)).
 """
 
@@ -32,9 +33,11 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
-from yoco_jax.ops.blocked_attention import DEFAULT_BLOCK_KEYS, _attention_bwd, _forward
+from yoco_jax import sharding
+from yoco_jax.ops.blocked_attention import backward, forward_with_lse
+from yoco_jax.ops.zigzag import half_block_keys, halves
+from yoco_jax.sharding import CONTEXT_AXIS as AXIS
 
-AXIS = "context"
 f32 = jnp.float32
 # The gathered K/V (and, in the backward, its gradient of the same size) live from the K/V
 # projection to the last cross layer's backward. At 1 GiB per device that is 2 GiB: a few
@@ -47,12 +50,12 @@ MODES = ("auto", "gather", "ring")
 
 
 def gathered_bytes(shape: tuple[int, ...], itemsize: int, mesh=None) -> int:
-    """Bytes of one device's gathered K and V, from K's global shape [B, T, Hkv, D]: the batch
+    """Bytes of one device's gathered K and V, from K's global shape [B, T, Hkv, Dh]: the batch
     is split over `data` x `fsdp` and the kv heads over `tensor` where they divide."""
-    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    mesh = sharding.tracing().mesh if mesh is None else mesh
     sizes = {} if mesh.empty else dict(mesh.shape)
     b, t, h, d = shape
-    rows = math.prod(sizes.get(a, 1) for a in ("data", "fsdp"))
+    rows = math.prod(sizes.get(a, 1) for a in sharding.BATCH_AXES)
     heads = sizes.get("tensor", 1)
     b, h = (b // rows if b % rows == 0 else b), (h // heads if h % heads == 0 else h)
     return 2 * b * t * h * d * itemsize
@@ -68,40 +71,18 @@ def choose(mode: str, shape: tuple[int, ...], itemsize: int, mesh=None) -> str:
     return "gather" if gathered_bytes(shape, itemsize, mesh) <= GATHER_LIMIT_BYTES else "ring"
 
 
-def zigzag_half(n: int, i: int, s: int) -> tuple[int, int]:
-    """Where the zig-zag layout's half s of device i lives in the contiguous one: half slice
-    c (of 2n) is half c % 2 of device c // 2; device i holds half slices i and 2n - 1 - i.
-    (The layout of context_parallel.balance, under which every hop of the ring costs the same.)"""
-    return divmod(i if s == 0 else 2 * n - 1 - i, 2)
-
-
-def contiguous_half(n: int, d: int, s: int) -> tuple[int, int]:
-    """The inverse of `zigzag_half`: where half slice 2d + s sits in the zig-zag layout."""
-    c = 2 * d + s
-    return (c, 0) if c < n else (2 * n - 1 - c, 1)
-
-
-def _halves(t: int) -> list[slice]:
-    """Each half of the local queries on its own (the two zig-zag halves skip different keys)."""
-    return [slice(None)] if t % 2 else [slice(None, t // 2), slice(t // 2, None)]
-
-
-def _block_keys(t: int) -> int:
-    return min(DEFAULT_BLOCK_KEYS, t // len(_halves(t)))  # no coarser than a half: exact skips
-
-
 def _attend(q, pos, k, v, kv_pos):
-    """Local queries against one block: (output [B, Tq, Hq, D], its log-sum-exp [B, Hkv, G, Tq]
+    """Local queries against one block: (output [B, Tq, Hq, Dh], its log-sum-exp [B, Hkv, G, Tq]
     float32, -inf where a query sees no key of the block)."""
-    bk = _block_keys(q.shape[1])
-    parts = [_forward(q[:, s], k, v, pos[:, s], kv_pos, None, bk) for s in _halves(q.shape[1])]
+    bk, t = half_block_keys(q.shape[1]), q.shape[1]
+    parts = [forward_with_lse(q[:, s], k, v, pos[:, s], kv_pos, None, bk) for s in halves(t)]
     out = jnp.concatenate([o for o, _ in parts], axis=1)
     lse = jnp.concatenate([lse for _, lse in parts], axis=-1)
     return out, jnp.where(lse == jnp.inf, -jnp.inf, lse)
 
 
 def _per_query(lse):
-    """[B, Hkv, G, Tq] -> [B, Tq, Hq, 1], to scale outputs [B, Tq, Hq, D]."""
+    """[B, Hkv, G, Tq] -> [B, Tq, Hq, 1], to scale outputs [B, Tq, Hq, Dh]."""
     b, hkv, g, t = lse.shape
     return lse.transpose(0, 3, 1, 2).reshape(b, t, hkv * g, 1)
 
@@ -149,15 +130,15 @@ def _ring_fwd(q, pos, k, v, kv_pos):
 def _ring_bwd(saved, d_out):
     q, pos, k, v, kv_pos, out, lse = saved
     lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)  # the blocked backward's "no key": p = 0
-    bk = _block_keys(q.shape[1])
+    bk = half_block_keys(q.shape[1])
 
     def grads(block):
         """This device's queries' share of the gradients: (dq, dk, dv) of the block, float32."""
         kb, vb, pb = block
         dq, dk, dv = [], 0.0, 0.0
-        for s in _halves(q.shape[1]):
+        for s in halves(q.shape[1]):
             saved = (q[:, s], kb, vb, pos[:, s], pb, out[:, s], lse[..., s])
-            g = _attention_bwd(None, bk, saved, d_out[:, s])
+            g = backward(None, bk, saved, d_out[:, s])
             dq, dk, dv = dq + [g[0].astype(f32)], dk + g[1].astype(f32), dv + g[2].astype(f32)
         return jnp.concatenate(dq, axis=1), dk, dv
 
@@ -180,12 +161,12 @@ _ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 def ring_cross_attention(
-    q: Float[Array, "B T Hq D"],
+    q: Float[Array, "B T Hq Dh"],
     positions: Int[Array, "B T"],
-    k: Float[Array, "B S Hkv D"],
-    v: Float[Array, "B S Hkv D"],
+    k: Float[Array, "B S Hkv Dh"],
+    v: Float[Array, "B S Hkv Dh"],
     kv_positions: Int[Array, "B S"],
-) -> Float[Array, "B T Hq D"]:
+) -> Float[Array, "B T Hq Dh"]:
     """Causal attention by global position, everything split along its length over `context`
     (a shard_map manual over that axis only: batch and head sharding pass through)."""
     split = P(None, AXIS)

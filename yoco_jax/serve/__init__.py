@@ -1,5 +1,5 @@
 """Serving: a continuous-batching engine (slots, prefill-insert-decode) and an OpenAI-style HTTP
-API (`python -m yoco_jax.serve`; the HTTP part needs `pip install -e '.[serve]'`)."""
+API (`yoco-serve`; the HTTP part needs `pip install -e '.[serve]'`)."""
 
 from yoco_jax.serve.engine import Closed, Engine, QueueFull, Request, Result
 

@@ -1,33 +1,43 @@
-"""The HTTP API over an Engine (starlette): OpenAI-style completions, models, health, metrics.
+"""The HTTP API over an Engine (starlette): OpenAI-style completions and chat, the tokenizer,
+models, health, metrics.
 
-    POST /v1/completions   {"prompt": "..." | [ids], "max_tokens", "temperature", "top_p",
-                            "top_k", "stop", "seed", "stream", "cache"}
+    POST /v1/completions       {"prompt": "..." | [ids] | a list of either, "max_tokens", "n",
+                                "temperature", "top_p", "top_k", "stop", "seed", "stream",
+                                "echo", "logprobs", "cache"}
+    POST /v1/chat/completions  {"messages": [{"role", "content"}], ...the same sampling fields}
+    GET  /tokenizer_info, POST /tokenize, /detokenize (serve/tokenizer_api.py)
     GET  /v1/models, /health, /metrics (Prometheus text)
 
 Handlers run on the event loop; the engine runs in its own thread and hands events back with
-`loop.call_soon_threadsafe`. A client that disconnects cancels its request (its slot is freed).
+`loop.call_soon_threadsafe`. A client that disconnects cancels its requests (slots freed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 
-try:
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-    from starlette.routing import Route
-except ImportError as e:  # an optional dependency
-    message = f"serving needs starlette and uvicorn ({e}): pip install -e '.[serve]'"
-    raise ImportError(message) from None
-
+from yoco_jax.serve.chat import ChatTemplate, parse_chat
+from yoco_jax.serve.choices import Call, chat_choice, completion_choice, usage
 from yoco_jax.serve.engine import Closed, Engine, QueueFull, Request
+from yoco_jax.serve.http import (
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    Route,
+    Starlette,
+    StreamingResponse,
+    disconnected,
+    error_response,
+    read_json,
+    run_in_threadpool,
+    sse,
+)
 from yoco_jax.serve.prefix import PrefixStore
-from yoco_jax.serve.schema import ApiError, CompletionParams, parse_completion
+from yoco_jax.serve.schema import ApiError, parse_completion
+from yoco_jax.serve.tokenizer_api import tokenizer_routes
 
 RETRY_AFTER_S = 1
 # The largest body read, per position of --max-len: a sentencepiece piece is at most 16
@@ -36,153 +46,213 @@ RETRY_AFTER_S = 1
 BODY_BYTES_PER_POSITION, BODY_BYTES_SLACK = 64, 1 << 16
 
 
-def error_response(e: ApiError, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=headers)
-
-
-def _usage(result) -> dict:
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
-    }
-
-
-def _chunk(meta: dict, text: str, finish: str | None, tokens=None) -> dict:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    if tokens is not None:
-        choice["token_ids"] = tokens  # an extension: the generated ids
-    return {**meta, "choices": [choice]}
-
-
-def _sse(data) -> str:
-    return f"data: {json.dumps(data)}\n\n"
-
-
-async def _read_json(request, limit: int):
-    """The JSON body, read at most `limit` bytes far; an ApiError (413, or 400) otherwise."""
-    too_large = ApiError(
-        f"the request body exceeds {limit} bytes, more than a prompt of the "
-        "server's --max-len needs",
-        None,
-        "body_too_large",
-        413,
-    )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
-        detail = "nested too deeply" if isinstance(e, RecursionError) else str(e)
-        raise ApiError(f"the body is not valid JSON ({detail})", None, "bad_json") from None
-
-
-async def _disconnected(request) -> None:
-    """Returns when the client goes away (the body was read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = None) -> Starlette:
+def create_app(
+    engine: Engine,
+    model_name: str,
+    prefixes: PrefixStore | None = None,
+    chat_template: ChatTemplate | None = None,
+) -> Starlette:
     """The ASGI app. Its lifespan starts the engine and, at shutdown (SIGTERM in uvicorn, after
     the in-flight requests are answered), drains and stops it."""
     prefixes = prefixes or PrefixStore(None, engine.model)
     tokenizer, vocab = engine.tokenizer, engine.model.config.vocab_size
+    template = chat_template or ChatTemplate(None, tokenizer)
     body_limit = BODY_BYTES_PER_POSITION * engine.max_len + BODY_BYTES_SLACK
 
-    def build(p: CompletionParams, prefix) -> Request:
-        if isinstance(p.prompt, str):
+    def tokens_of(prompt) -> list[int]:
+        if isinstance(prompt, str):
             if tokenizer is None:
                 raise ApiError("this model has no tokenizer: give token ids", "prompt")
-            tokens = tokenizer.encode(p.prompt)
-        else:
-            tokens = p.prompt
-            if tokens and (min(tokens) < 0 or max(tokens) >= vocab):
-                raise ApiError(f"token ids must lie in [0, {vocab})", "prompt", "invalid_value")
+            return tokenizer.encode(prompt)
+        if prompt and (min(prompt) < 0 or max(prompt) >= vocab):
+            raise ApiError(f"token ids must lie in [0, {vocab})", "prompt", "invalid_value")
+        return prompt
+
+    def fan_out(p, prompts: list, prefix=None, echo=False, logprobs=None) -> list[Request]:
+        """n engine requests per prompt, each checked (a 400 before any is queued)."""
+        if p.model is not None and p.model != model_name:
+            raise ApiError(
+                f"the model {p.model!r} does not exist: this server serves {model_name!r}",
+                "model",
+                "model_not_found",
+                404,
+            )
+        if p.n > engine.slots:
+            raise ApiError(f"n={p.n} exceeds the server's {engine.slots} slots", "n")
+        if p.stream and logprobs is not None:
+            raise ApiError("logprobs are not streamed: ask without stream", "logprobs")
         top_k = 0 if p.top_k >= vocab else p.top_k  # keeping every token is no top-k at all
-        req = Request(tokens, p.max_tokens, p.temperature, p.top_p, top_k, p.seed, p.stop, prefix)
+        reqs = []
+        for prompt in prompts:
+            tokens = tokens_of(prompt)
+            for j in range(p.n):
+                req = Request(
+                    tokens,
+                    p.max_tokens,
+                    p.temperature,
+                    p.top_p,
+                    top_k,
+                    p.seed,
+                    p.stop,
+                    prefix,
+                    index=j,
+                    logprobs=logprobs,
+                    echo=echo,
+                )
+                try:
+                    engine.check(req)
+                except ValueError as e:
+                    raise ApiError(str(e), "prompt", "context_length_exceeded") from None
+                reqs.append(req)
+        return reqs
+
+    def start(reqs, stream: bool):
+        call = Call(engine, reqs, stream)
         try:
-            engine.check(req)
-        except ValueError as e:
-            raise ApiError(str(e), "prompt", "context_length_exceeded") from None
-        return req
+            call.submit()
+        except (QueueFull, Closed) as e:
+            busy = ApiError(
+                f"server busy: {e}; retry later", None, "overloaded", 503, "server_error"
+            )
+            return None, error_response(busy, {"Retry-After": str(RETRY_AFTER_S)})
+        return call, None
+
+    def meta(kind: str) -> dict:
+        prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
+        created = int(time.time())
+        return {
+            "id": f"{prefix}-{uuid.uuid4().hex}",
+            "object": kind,
+            "created": created,
+            "model": model_name,
+        }
 
     async def completions(request):
         try:
-            p = parse_completion(await _read_json(request, body_limit))
+            p = parse_completion(await read_json(request, body_limit))
             prefix = None
             if p.cache is not None:
                 try:
                     prefix = await run_in_threadpool(prefixes.load, p.cache)
                 except (ValueError, OSError) as e:
                     raise ApiError(str(e), "cache", "invalid_cache") from None
-            req = build(p, prefix)
+            reqs = fan_out(p, p.prompts, prefix, p.echo, p.logprobs)
         except ApiError as e:
             return error_response(e)
-        queue, loop = asyncio.Queue(), asyncio.get_running_loop()
-        wanted = ("delta", "done", "error") if p.stream else ("done", "error")
+        call, busy = start(reqs, p.stream)
+        if busy is not None:
+            return busy
+        prompt_texts = [_prompt_text(r) for r in reqs]
+        head = meta("text_completion")
 
-        def on_event(kind, data):
-            if kind in wanted:
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, data))
+        def piece(index, text, finish=None, ids=None):
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+            return {**head, "choices": [choice | ({} if ids is None else {"token_ids": ids})]}
 
-        req.on_event = on_event
-        try:
-            engine.submit(req)
-        except (QueueFull, Closed) as e:
-            busy = ApiError(
-                f"server busy: {e}; retry later", None, "overloaded", 503, "server_error"
-            )
-            return error_response(busy, {"Retry-After": str(RETRY_AFTER_S)})
-        meta = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model_name,
-        }
         if p.stream:
-            stream = _stream(req, queue, meta, p.include_usage)
-            return StreamingResponse(stream, media_type="text/event-stream")
-        return await _collect(request, req, queue, meta)
+            first = [piece(i, t) for i, t in enumerate(prompt_texts)] if p.echo else []
+            events = _stream(call, piece, first, p.include_usage, head, p.n)
+            return StreamingResponse(events, media_type="text/event-stream")
+        results = await _collect(request, call)
+        if isinstance(results, Response):
+            return results
+        choices = [
+            completion_choice(i, r, res, tokenizer, prompt_texts[i])
+            for i, (r, res) in enumerate(zip(reqs, results))
+        ]
+        return JSONResponse({**head, "choices": choices, "usage": usage(results, p.n)})
 
-    async def _stream(req, queue, meta, include_usage):
+    def _prompt_text(req: Request) -> str:
+        return "" if tokenizer is None else tokenizer.decode(req.tokens)
+
+    async def chat(request):
         try:
-            while True:
-                kind, data = await queue.get()
-                if kind == "delta":
-                    yield _sse(_chunk(meta, data[0], None, data[1]))
-                    continue
-                if kind == "done":
-                    yield _sse(_chunk(meta, "", data.finish_reason))
-                    if include_usage:
-                        yield _sse({**meta, "choices": [], "usage": _usage(data)})
-                else:
-                    yield _sse(ApiError(data, None, "engine_error", 500, "server_error").body())
-                yield "data: [DONE]\n\n"
-                return
-        finally:  # also when the client disconnects (the response task is cancelled)
-            engine.cancel(req)
+            p = parse_chat(await read_json(request, body_limit))
+            if tokenizer is None:
+                raise ApiError("chat needs a tokenizer: start the server with --tokenizer")
+            reqs = fan_out(p, [template.render(p.messages)])
+        except ApiError as e:
+            return error_response(e)
+        call, busy = start(reqs, p.stream)
+        if busy is not None:
+            return busy
+        head = meta("chat.completion.chunk" if p.stream else "chat.completion")
 
-    async def _collect(request, req, queue, meta):
-        watcher = asyncio.ensure_future(_disconnected(request))
-        getter = asyncio.ensure_future(queue.get())
+        def piece(index, text, finish=None, ids=None):
+            delta = {"content": text} if text or finish is None else {}
+            return {
+                **head,
+                "choices": [
+                    {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+
+        if p.stream:
+            hello = [
+                {
+                    **head,
+                    "choices": [
+                        {
+                            "index": i,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+                for i in range(len(reqs))
+            ]
+            events = _stream(call, piece, hello, p.include_usage, head, p.n)
+            return StreamingResponse(events, media_type="text/event-stream")
+        results = await _collect(request, call)
+        if isinstance(results, Response):
+            return results
+        choices = [chat_choice(i, res) for i, res in enumerate(results)]
+        return JSONResponse({**head, "choices": choices, "usage": usage(results, p.n)})
+
+    async def _stream(call, piece, first, include_usage, head, n):
+        try:
+            for chunk in first:
+                yield sse(chunk)
+            results = [None] * len(call.requests)
+            async for index, kind, data in call.events():
+                if kind == "delta":
+                    yield sse(piece(index, data[0], None, data[1]))
+                elif kind == "done":
+                    results[index] = data
+                    yield sse(piece(index, "", data.finish_reason))
+                elif kind == "error":
+                    yield sse(ApiError(data, None, "engine_error", 500, "server_error").body())
+                    call.cancel()
+            if include_usage and all(results):
+                yield sse({**head, "choices": [], "usage": usage(results, n)})
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client disconnects (the response task is cancelled)
+            call.cancel()
+
+    async def _collect(request, call):
+        """Every choice's Result, or the Response that ends the call early."""
+        watcher = asyncio.ensure_future(disconnected(request))
+        getter = asyncio.ensure_future(call.results())
         try:
             await asyncio.wait({watcher, getter}, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
-                engine.cancel(req)
+                call.cancel()
                 return Response(status_code=499)  # nobody reads it
-            kind, data = getter.result()
-            if kind == "error":
-                return error_response(ApiError(data, None, "engine_error", 500, "server_error"))
-            body = _chunk(meta, data.text, data.finish_reason, data.tokens)
-            return JSONResponse({**body, "usage": _usage(data)})
+            results = getter.result()
+            for kind, data in results:
+                if kind == "error":
+                    return error_response(ApiError(data, None, "engine_error", 500, "server_error"))
+                if kind == "cancelled":
+                    busy = ApiError(
+                        "the server is shutting down; retry later",
+                        None,
+                        "overloaded",
+                        503,
+                        "server_error",
+                    )
+                    return error_response(busy, {"Retry-After": str(RETRY_AFTER_S)})
+            return [data for _, data in results]
         finally:
             watcher.cancel()
             getter.cancel()
@@ -215,6 +285,8 @@ def create_app(engine: Engine, model_name: str, prefixes: PrefixStore | None = N
 
     routes = [
         Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        *tokenizer_routes(tokenizer, template.source, engine.max_len, body_limit),
         Route("/v1/models", models),
         Route("/health", health),
         Route("/metrics", metrics),

@@ -26,20 +26,18 @@ import jax
 import numpy as np
 
 from yoco_jax.inference.decode_loop import (
+    check_room,
     decode,
     finish_rows,
+    idle_state,
     insert_row,
     ring_slice,
-    start_decode,
 )
-from yoco_jax.inference.plan import Buckets
-from yoco_jax.inference.sampling import Sampling, row_keys
-from yoco_jax.inference.stop_strings import cut_at_stop
-from yoco_jax.model import init_cache
+from yoco_jax.inference.plan import Buckets, check_positive
 from yoco_jax.serve.metrics import Metrics
 from yoco_jax.serve.prefix_cache import PrefixCache
-from yoco_jax.serve.request import MAX_LOGPROBS, Request, Result
-from yoco_jax.serve.row_prefill import RowPrefill, prefill_compilations
+from yoco_jax.serve.request import MAX_LOGPROBS, Closed, QueueFull, Request, Result
+from yoco_jax.serve.row_prefill import RowPrefill, prefill_compilations, start_row_prefill
 from yoco_jax.serve.text import TextStream
 
 __all__ = ["Closed", "Engine", "QueueFull", "Request", "Result"]
@@ -47,12 +45,7 @@ __all__ = ["Closed", "Engine", "QueueFull", "Request", "Result"]
 log = logging.getLogger("yoco_jax.serve")
 
 
-class QueueFull(Exception):
-    """The waiting queue holds --queue-limit requests: try again later."""
-
-
-class Closed(Exception):
-    """The engine is draining or stopped and takes no new requests."""
+_KNOBS = ("slots", "max_len", "queue_limit", "prefill_chunk", "block")
 
 
 class Engine:
@@ -68,11 +61,8 @@ class Engine:
         block: int = 4,
         prefix_cache_bytes: int = 0,
     ):
-        knobs = dict(slots=slots, max_len=max_len, queue_limit=queue_limit,
-                     prefill_chunk=prefill_chunk, block=block)  # fmt: skip
-        for name, value in knobs.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+        for name, value in zip(_KNOBS, (slots, max_len, queue_limit, prefill_chunk, block)):
+            check_positive(name, value)
         self.model, self.tokenizer = model, tokenizer
         self.slots, self.max_len, self.queue_limit = slots, max_len, queue_limit
         self.prefill_chunk, self.block = prefill_chunk, block
@@ -91,10 +81,8 @@ class Engine:
     # --- called from any thread ---------------------------------------------------------
 
     def _empty_state(self):
-        """S done rows over caches of max_len positions, an output ring of one block."""
-        cache = init_cache(self.model.config, self.slots, self.max_len)
-        logits = np.zeros((self.slots, self.model.config.vocab_size), np.float32)
-        return start_decode(logits, cache, 0, buffer=self.block, logprobs=MAX_LOGPROBS)
+        shape = (self.model.config, self.slots, self.max_len, self.block)
+        return idle_state(*shape, logprobs=MAX_LOGPROBS)
 
     def compile_plan(self) -> dict[str, int]:
         """The most compilations fresh prompts can cause, per jitted function."""
@@ -110,13 +98,12 @@ class Engine:
             raise ValueError("echo with logprobs scores the prompt's own tokens: not with a cache")
         if req.max_tokens < (0 if req.echo else 1):
             raise ValueError("max_tokens must be >= 1 (0 only with echo: pure scoring)")
-        prompt = req.prefix_tokens + len(req.tokens)
-        if prompt + max(req.max_tokens - 1, 0) > self.max_len:  # generate's room rule
-            raise ValueError(
-                f"prompt ({prompt} tokens) + max_tokens ({req.max_tokens}) - 1 (the last token "
-                f"takes no cache position) exceeds the server's --max-len {self.max_len}: "
-                "shorten the prompt or ask for fewer tokens"
-            )
+        check_room(
+            [req.prefix_tokens + len(req.tokens)],
+            [req.max_tokens],
+            self.max_len,
+            "the server's --max-len",
+        )
 
     def submit(self, req: Request) -> None:
         """Queues `req`; QueueFull when the queue is full, Closed when draining."""
@@ -147,10 +134,11 @@ class Engine:
     def warmup(self) -> None:
         """Compiles every prompt rung's prefill, the inserts and the decode block (a one-token
         request per rung, on this thread), then forgets them in the metrics."""
-        for r in self.rungs:
+        kept, self.prefix_cache = self.prefix_cache, PrefixCache(0)  # no hits: every shape
+        for r in self.buckets.length:
             self.submit(Request([3] * max(r - 1, 1), max_tokens=1))
             self.run_until_idle()
-        self.metrics = Metrics(self.slots)
+        self.prefix_cache, self.metrics = kept, Metrics(self.slots)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="yoco-serve-engine", daemon=True)
@@ -242,7 +230,8 @@ class Engine:
             slot, req, row = self._pending
             try:
                 if row is None:
-                    row = self._row_prefill(req)
+                    chunk, cache = self.prefill_chunk, self.prefix_cache
+                    row = start_row_prefill(self.model, req, self.buckets, chunk, cache)
                     self._pending = (slot, req, row)
                 if not row.done:
                     budget -= row.step()
@@ -260,24 +249,8 @@ class Engine:
                 self._release(slot)
                 self._fail(req, f"prefill failed: {e}")
 
-    def _row_prefill(self, req: Request) -> RowPrefill:
-        """The request's prefill: from its saved cache, or from the longest prefix-cache hit
-        (prompt scoring runs whole), storing its states in the prefix cache on the way."""
-        tokens, prefix, keep = req.tokens, req.prefix, None
-        if prefix is None:
-            if not req.scores_prompt and (hit := self.prefix_cache.lookup(tokens)) is not None:
-                req.cached = hit[0]
-                prefix, tokens = (hit[1], hit[2], hit[0]), tokens[hit[0] :]
-            keep = lambda p, cache, logits: self.prefix_cache.store(req.tokens[:p], cache, logits)
-        score = req.logprobs if req.scores_prompt else None
-        return RowPrefill(self.model, tokens, self.buckets, self.prefill_chunk, prefix,
-                          score=score, keep=keep)  # fmt: skip
-
     def _insert(self, slot: int, req: Request, row: RowPrefill) -> None:
-        sampling = Sampling(req.temperature, req.top_k, req.top_p)
-        one = start_decode(row.last, row.cache, req.max_tokens, req.seed, self.block, sampling,
-                           self.max_len, MAX_LOGPROBS)  # fmt: skip
-        one = one._replace(keys=row_keys(req.seed, req.index + 1)[req.index :])
+        one = row.decode_state(req, self.block, self.max_len, MAX_LOGPROBS)
         self.state = insert_row(self.state, one, np.int32(slot))
         req.text = TextStream(self.tokenizer, req.stop)
         self._live[slot] = req
@@ -286,68 +259,32 @@ class Engine:
         before = np.asarray(jax.device_get(self.state.n_out))
         self.state = decode(self.model, self.state, steps=self.block, stop_ids=self.stop_ids)
         s = self.state
-        got = jax.device_get((s.tokens, s.n_out, s.logprobs, s.top_ids, s.top_logprobs))
+        got = jax.device_get((s.tokens, s.logprobs, s.top_ids, s.top_logprobs, s.n_out))
         now = time.monotonic()
         ended = np.zeros((self.slots,), bool)
         for slot, req in list(self._live.items()):
-            tokens, logp, top_ids, top_logp = (
-                ring_slice(x[slot], int(before[slot]), int(got[1][slot]))
-                for x in (got[0], got[2], got[3], got[4])
-            )
-            new = tokens.tolist()
-            if req.logprobs is not None:
-                k = req.logprobs
-                req.token_logprobs += logp.tolist()
-                req.top_logprobs += [list(zip(i[:k], p[:k])) for i, p in
-                                     zip(top_ids.tolist(), top_logp.tolist())]  # fmt: skip
-            ended[slot] = self._advance(slot, req, new, now)
-        if ended.any():  # stop strings end rows the loop still thinks live
+            span = int(before[slot]), int(got[4][slot])
+            new = [ring_slice(x[slot], *span) for x in got[:4]]
+            if not len(new[0]):
+                continue
+            if req.first_token_at is None:
+                req.first_token_at = now
+                prompt = req.prefix_tokens + len(req.tokens)
+                self.metrics.first_token(now - req.submitted_at, prompt)
+            self.metrics.tokens(len(new[0]), now)
+            delta, finish = req.take(*new, self.tokenizer, self.stop_ids)
+            if delta is not None:
+                self._emit(req, "delta", delta)
+            if finish is not None:  # stop strings end rows the loop still thinks live
+                ended[slot] = True
+                self._release(slot)
+                self._finish(req, finish, now)
+        if ended.any():
             self.state = finish_rows(self.state, ended)
-
-    def _advance(self, slot: int, req: Request, new: list[int], now: float) -> bool:
-        """Takes a row's new tokens; releases text; evicts the row when it is finished (True).
-        The ids and their count stop where the text stops, as `generate`'s do."""
-        if not new:
-            return False
-        if req.first_token_at is None:
-            req.first_token_at = now
-            self.metrics.first_token(now - req.submitted_at, req.prefix_tokens + len(req.tokens))
-        self.metrics.tokens(len(new), now)
-        finish = None
-        if new[-1] in self.stop_ids:
-            new, finish = new[:-1], "stop"
-        req.generated += new
-        if finish is None and len(req.generated) >= req.max_tokens:
-            finish = "length"
-        delta, released = "", req.generated
-        if self.tokenizer is not None:
-            delta, hit = req.text.update(req.generated, final=finish is not None)
-            finish = "stop" if hit else finish
-            # Ids go out with their text: only those wholly inside the released text.
-            shown = req.text.shown
-            released, _ = cut_at_stop(req.generated, shown, len(shown), self.tokenizer)
-            if hit:
-                req.generated = released
-        unsent = released[req.sent :]
-        if delta or (unsent and (self.tokenizer is None or finish is not None)):
-            self._emit(req, "delta", (delta, unsent))
-            req.sent = max(req.sent, len(released))
-        if finish is None:
-            return False
-        self._release(slot)
-        self._finish(req, finish, now)
-        return True
 
     def _finish(self, req: Request, finish: str, now: float) -> None:
         """The request's one "done" event."""
-        text = "" if self.tokenizer is None or req.text is None else req.text.shown
-        n = len(req.generated)
-        result = Result(
-            text, req.generated, finish, req.prefix_tokens + len(req.tokens),
-            req.prefix_tokens + req.cached, req.token_logprobs[:n], req.top_logprobs[:n],
-            req.prompt_scores,
-        )  # fmt: skip
-        self._emit(req, "done", result)
+        self._emit(req, "done", req.result(finish, self.tokenizer))
         self.metrics.finished(finish, now - req.submitted_at)
 
     def _emit(self, req: Request, kind: str, data) -> None:

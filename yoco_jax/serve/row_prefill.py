@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from yoco_jax.inference.chunked_prefill import prefill_steps
+from yoco_jax.inference.decode_loop import DecodeState, start_decode
 from yoco_jax.inference.plan import Buckets
 from yoco_jax.inference.prompts import pad_prompts
+from yoco_jax.inference.sampling import Sampling, row_keys
 from yoco_jax.model.cache import resize_cache
 
 
@@ -44,8 +46,17 @@ class RowPrefill:
     after p prompt tokens at each chunk boundary and at the end (the prefix cache stores it).
     """
 
-    def __init__(self, model, tokens, buckets: Buckets, chunk: int, prefix=None, *,
-                 score: int | None = None, keep: Callable | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokens,
+        buckets: Buckets,
+        chunk: int,
+        prefix=None,
+        *,
+        score: int | None = None,
+        keep: Callable | None = None,
+    ):
         n = len(tokens)
         self.start = 0 if prefix is None else prefix[2]
         width = buckets.seq_len(max(n, 1))
@@ -62,9 +73,25 @@ class RowPrefill:
             if score is not None:
                 targets = np.zeros_like(padded)
                 targets[0, : n - 1] = padded[0, 1:n]  # the last position has no prompt target
-            self._steps = prefill_steps(model, padded, lengths, cache, max_len=cols,
-                                        prefill_chunk=min(chunk, width), targets=targets,
-                                        top=max(score or 1, 1))  # fmt: skip
+            self._steps = prefill_steps(
+                model,
+                padded,
+                lengths,
+                cache,
+                max_len=cols,
+                prefill_chunk=min(chunk, width),
+                targets=targets,
+                top=max(score or 1, 1),
+            )
+
+    def decode_state(self, req, buffer: int, max_len: int, logprobs: int) -> DecodeState:
+        """The one-row decode state after this prefill, for `insert_row` into a batch of
+        `max_len` positions: the request's budget, sampling and choice key."""
+        sampling = Sampling(req.temperature, req.top_k, req.top_p)
+        one = start_decode(
+            self.last, self.cache, req.max_tokens, req.seed, buffer, sampling, max_len, logprobs
+        )
+        return one._replace(keys=row_keys(req.seed, req.index + 1)[req.index :])
 
     def step(self) -> int:
         """Runs the next chunk; returns its padded width (the work done)."""
@@ -80,3 +107,16 @@ class RowPrefill:
                 self.scores = scores[0] if scores else None
                 self.done = True
         return width
+
+
+def start_row_prefill(model, req, buckets: Buckets, chunk: int, prefix_cache) -> RowPrefill:
+    """A request's prefill: from its saved cache, or from the longest prefix-cache hit (prompt
+    scoring runs whole), storing its states in the prefix cache on the way."""
+    tokens, prefix, keep = req.tokens, req.prefix, None
+    if prefix is None:
+        if not req.scores_prompt and (hit := prefix_cache.lookup(tokens)) is not None:
+            req.cached = hit[0]
+            prefix, tokens = (hit[1], hit[2], hit[0]), tokens[hit[0] :]
+        keep = lambda p, cache, logits: prefix_cache.store(req.tokens[:p], cache, logits)
+    score = req.logprobs if req.scores_prompt else None
+    return RowPrefill(model, tokens, buckets, chunk, prefix, score=score, keep=keep)

@@ -18,10 +18,9 @@ from typing import Any
 from yoco_jax.config import (
     CONFIG_DIR,
     ConfigError,
-    parse_overrides,
-    read_config_file,
     replace_checked,
 )
+from yoco_jax.config_files import parse_overrides, read_config_file
 from yoco_jax.data.config import DataConfig
 from yoco_jax.train.optim import SCHEDULES
 

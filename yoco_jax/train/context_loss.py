@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import PartitionSpec as P
 
+from yoco_jax import sharding
 from yoco_jax.ops import context_parallel as cp
 from yoco_jax.train import loss
 
@@ -24,7 +25,7 @@ def cross_entropy_sums(
 ) -> tuple[jax.Array, jax.Array]:
     """As `loss.cross_entropy_sums`: hidden [B, T, D], kernel [D, V], targets and mask [B, T];
     returns (summed loss, counted tokens), float32 scalars."""
-    if cp.context_size() == 1:
+    if sharding.tracing().context_size == 1:
         return loss.cross_entropy_sums(hidden, kernel, targets, mask, chunk=chunk)
     cp.check_length(hidden.shape[1])
 

@@ -15,7 +15,7 @@ import os
 import jax
 
 from yoco_jax.errors import ConfigError
-from yoco_jax.ops.attention import resolve_impl
+from yoco_jax.ops.attention_choice import pick
 
 _FLOAT32 = 4
 
@@ -55,7 +55,8 @@ def lower_bound(config, model_config, trainer) -> dict[str, float]:
         "saved activations": rows * length * model_config.dim * model_config.n_layers * _FLOAT32,
         "attention scores": 0.0,
     }
-    if resolve_impl(model_config.attention_impl) == "xla":
+    q = jax.ShapeDtypeStruct((1, length, 1, model_config.attn_head_dim), model_config.dtype)
+    if pick(model_config.attention_impl, "causal", q, length) == "xla":
         heads = math.ceil(model_config.n_attn_heads / mesh.get("tensor", 1))
         queries = math.ceil(length / mesh.get("context", 1))
         parts["attention scores"] = rows * heads * queries * length * _FLOAT32
