@@ -218,6 +218,9 @@ def run(args, out=None, err=None) -> None:
     out, err = out or sys.stdout, err or sys.stderr
     _check_paths(args)
     mesh = _mesh(args.mesh)
+    if mesh is not None:  # a mesh smaller than the machine leaves devices idle: say so
+        shape = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
+        err.write(f"mesh: {shape} on {mesh.size} of the {jax.device_count()} devices\n")
     items = _read_prompts(args)
     overrides = {"dtype": args.dtype} if args.dtype else {}
     model = load_pretrained(args.checkpoint, allow_unverified=args.allow_unverified, **overrides)
