@@ -186,3 +186,25 @@ def test_text_stream_released_pieces_equal_the_cut_text(stop):
             break
     assert "".join(pieces) == expected == stream.shown
     assert hit == bool(hits)
+
+
+def test_serving_over_a_tensor_mesh_equals_one_device():
+    """--mesh tensor=2: the parameters split over two devices, the same tokens (greedy and
+    sampled) as one device; a data or context split is refused with the fix."""
+    import jax
+
+    from yoco_jax import sharding
+
+    model = tiny()
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(3, 2048, n).tolist() for n in (3, 40, 17)]
+    make = lambda mesh: [Request(p, 5, 0.9 * (i % 2), seed=i) for i, p in enumerate(prompts)]
+    one = run(Engine(model, None, slots=2, max_len=MAX_LEN, prefill_chunk=CHUNK), make(None))
+    mesh = sharding.make_mesh({"tensor": 2}, jax.devices()[:2])
+    engine = Engine(model, None, slots=2, max_len=MAX_LEN, prefill_chunk=CHUNK, mesh=mesh)
+    split = run(engine, make(mesh))
+    assert [r.tokens for r in split] == [r.tokens for r in one]
+    kv = engine.state.cache.kv.k
+    assert len(kv.sharding.device_set) == 2
+    with pytest.raises(ValueError, match="tensor axis only"):
+        Engine(model, None, mesh=sharding.make_mesh({"data": 2}, jax.devices()[:2]))

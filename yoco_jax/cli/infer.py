@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import sys
 import time
@@ -27,17 +26,17 @@ from pathlib import Path
 
 import jax
 
-from yoco_jax import compile_cache, sharding
+from yoco_jax import compile_cache
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import (
     add_unverified_flag,
     available_bytes,
     integer,
+    mesh_flag,
     one_line_warnings,
     positive_int,
     reported,
 )
-from yoco_jax.config_files import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference import placement
 from yoco_jax.inference.generate import generate
@@ -89,21 +88,6 @@ def _parser() -> argparse.ArgumentParser:
     add_unverified_flag(p)
     compile_cache.add_flag(p)
     return p
-
-
-def _mesh(items):
-    """The mesh of `--mesh axis=size ...` (None without the flag): sizes as train.py's mesh.<axis>;
-    without a -1, a mesh smaller than the machine takes the first devices."""
-    if items is None:
-        return None
-    axes = parse_overrides(items)
-    for axis, size in axes.items():
-        if type(size) is not int:
-            raise ValueError(f"--mesh {axis}={size!r}: the size must be an integer (-1 = the rest)")
-    devices = jax.devices()
-    if -1 not in axes.values():
-        devices = devices[: max(1, math.prod(axes.values()))]
-    return sharding.make_mesh(axes, devices)
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -217,7 +201,7 @@ class _TextStream:
 def run(args, out=None, err=None) -> None:
     out, err = out or sys.stdout, err or sys.stderr
     _check_paths(args)
-    mesh = _mesh(args.mesh)
+    mesh = mesh_flag(args.mesh)
     if mesh is not None:  # a mesh smaller than the machine leaves devices idle: say so
         shape = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
         err.write(f"mesh: {shape} on {mesh.size} of the {jax.device_count()} devices\n")
