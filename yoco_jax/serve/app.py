@@ -274,7 +274,7 @@ def create_app(
         )
 
     async def metrics(request):
-        text = engine.metrics.render(*engine.load())
+        text = engine.metrics.render(*engine.load(), engine.prefix_cache)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
