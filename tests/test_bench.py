@@ -95,9 +95,21 @@ def test_param_count_matches_pytree():
 
 def test_exhausted_budget_skips_cases_into_the_tables(tmp_path):
     """With no time left every case is skipped, and the run still writes its tables."""
-    results = main(["--device", "cpu", "--smoke", "--budget-s", "0.001", "--results-dir",
-                    str(tmp_path), "--docs-dir", str(tmp_path), "--sections",
-                    "prefill,decode,retention,train"])  # fmt: skip
+    results = main(
+        [
+            "--device",
+            "cpu",
+            "--smoke",
+            "--budget-s",
+            "0.001",
+            "--results-dir",
+            str(tmp_path),
+            "--docs-dir",
+            str(tmp_path),
+            "--sections",
+            "prefill,decode,retention,train",
+        ]
+    )
     secs = results["sections"]
     cases = [r[arch] for r in secs["prefill"] + secs["decode"] for arch in ("yoco", "transformer")]
     cases += [r[form] for r in secs["retention"] for form in ("parallel", "chunkwise")]

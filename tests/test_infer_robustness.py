@@ -107,8 +107,19 @@ def test_no_tokenizer_is_never_guessed(bare, tmp_path, capsys):
     result = json.loads(out)
     assert code == 0 and result["completion"] is None and len(result["completion_tokens"]) == 3
     code, out, _ = cli(
-        infer_main, ["--checkpoint", bare, "--prompt", "import os", "--max-new-tokens", 3,
-                     "--tokenizer", demo_tokenizer().path], capsys)  # fmt: skip
+        infer_main,
+        [
+            "--checkpoint",
+            bare,
+            "--prompt",
+            "import os",
+            "--max-new-tokens",
+            3,
+            "--tokenizer",
+            demo_tokenizer().path,
+        ],
+        capsys,
+    )
     assert code == 0 and out.endswith("\n")
 
 

@@ -9,9 +9,19 @@ from yoco_jax import sharding
 from yoco_jax.train.config import load_train_config
 from yoco_jax.train.loop import train
 
-RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=16",
-       "batch_size=8", "log_every=1", "progress=false", "steps=3", "checkpoint_every=0",
-       "data.eval_fraction=0", "async_checkpointing=false"]  # fmt: skip
+RUN = [
+    "model=yoco-tiny",
+    "model.n_layers=2",
+    "model.vocab_size=2048",
+    "seq_len=16",
+    "batch_size=8",
+    "log_every=1",
+    "progress=false",
+    "steps=3",
+    "checkpoint_every=0",
+    "data.eval_fraction=0",
+    "async_checkpointing=false",
+]
 
 
 def test_a_run_enters_the_mesh_once(tmp_path, monkeypatch):
@@ -49,8 +59,15 @@ def test_a_transformer_split_over_context_is_refused(tmp_path, capsys):
     from yoco_jax.cli.train import main as train_main
 
     run = tmp_path / "run"
-    argv = ["model=transformer-tiny", "model.vocab_size=2048", "mesh.context=4", "steps=1",
-            "seq_len=16", "batch_size=2", f"output_dir={run}"]  # fmt: skip
+    argv = [
+        "model=transformer-tiny",
+        "model.vocab_size=2048",
+        "mesh.context=4",
+        "steps=1",
+        "seq_len=16",
+        "batch_size=2",
+        f"output_dir={run}",
+    ]
     with pytest.raises(SystemExit) as exit_:
         train_main(argv)
     err = capsys.readouterr().err.strip()

@@ -54,9 +54,11 @@ def _seed(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="infer.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+        prog="infer.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--checkpoint", required=True, help="training output or official folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text")
@@ -81,10 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to text prompts")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
-    p.add_argument("--mesh", nargs="+", metavar="AXIS=SIZE", default=None,
-                   help="device mesh, the axes of train.py's mesh.<axis> (data, fsdp, context, "
-                        "tensor; -1 = the rest; else the first devices), e.g. --mesh context=4: "
-                        "prompts and cache split along their length over context")  # fmt: skip
+    p.add_argument(
+        "--mesh",
+        nargs="+",
+        metavar="AXIS=SIZE",
+        default=None,
+        help="device mesh, the axes of train.py's mesh.<axis> (data, fsdp, context, "
+        "tensor; -1 = the rest; else the first devices), e.g. --mesh context=4: "
+        "prompts and cache split along their length over context",
+    )
     add_unverified_flag(p)
     compile_cache.add_flag(p)
     return p
@@ -160,10 +167,13 @@ def _check_memory(model, token_lists, args, mesh) -> None:
     buckets = Buckets()  # what generate uses
     rows = placement.round_rows(buckets.batch_size(min(args.batch_size, len(token_lists))), mesh)
     positions = plan(
-        [len(t) for t in token_lists], args.max_new_tokens, buckets=buckets,
-        prefill_chunk=args.prefill_chunk or default_prefill_chunk(), max_len=args.max_len,
+        [len(t) for t in token_lists],
+        args.max_new_tokens,
+        buckets=buckets,
+        prefill_chunk=args.prefill_chunk or default_prefill_chunk(),
+        max_len=args.max_len,
         multiple=placement.context_size(mesh),
-    ).max_len  # fmt: skip
+    ).max_len
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids
     if mesh is not None and jax.devices()[0].platform != "cpu":  # CPU devices share the RAM
         need //= mesh.size  # about: rows over data, K/V over context (small states whole)
@@ -219,10 +229,17 @@ def run(args, out=None, err=None) -> None:
     ]
     _check_memory(model, token_lists, args, mesh)
     kwargs = dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, stop=_stop(args.stop), seed=args.seed, max_len=args.max_len,
-        tokenizer=tokenizer, prefill_chunk=args.prefill_chunk, mesh=mesh,
-    )  # fmt: skip
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop=_stop(args.stop),
+        seed=args.seed,
+        max_len=args.max_len,
+        tokenizer=tokenizer,
+        prefill_chunk=args.prefill_chunk,
+        mesh=mesh,
+    )
 
     start, generated = time.perf_counter(), 0
     if not args.input_jsonl:
