@@ -27,10 +27,24 @@ from yoco_jax import get_config
 from yoco_jax.kernels.int8 import quantize
 from yoco_jax.ops.attention import cache_attention
 
-FULL = {"heads": 24, "kv_heads": 8, "head_dim": 128, "lengths": [131072, 1048576],
-        "model": "yoco-3b-1m", "context": 1048576, "steps": 8}  # fmt: skip
-SMOKE = {"heads": 6, "kv_heads": 2, "head_dim": 32, "lengths": [256],
-         "model": "yoco-tiny", "context": 512, "steps": 4}  # fmt: skip
+FULL = {
+    "heads": 24,
+    "kv_heads": 8,
+    "head_dim": 128,
+    "lengths": [131072, 1048576],
+    "model": "yoco-3b-1m",
+    "context": 1048576,
+    "steps": 8,
+}
+SMOKE = {
+    "heads": 6,
+    "kv_heads": 2,
+    "head_dim": 32,
+    "lengths": [256],
+    "model": "yoco-tiny",
+    "context": 512,
+    "steps": 4,
+}
 
 
 def _kernel_row(row, length, sizes, reference):

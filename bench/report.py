@@ -630,6 +630,10 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import serve_load
 
         parts.append(serve_load.section(json.loads(serve.read_text())))
+    for cached in sorted(results_dir.glob("prefix-cache-*.json")):  # bench/prefix_cache.py
+        from bench import prefix_cache
+
+        parts.append(prefix_cache.section(json.loads(cached.read_text())))
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out
