@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 import yoco_jax
+from yoco_jax import sharding
+from yoco_jax.config import get_config
 from yoco_jax.errors import ConfigError
+from yoco_jax.inference import generate
 from yoco_jax.inference.cache_io import load_cache, save_cache
 from yoco_jax.kernels import chunk_attention, decode_attention
 from yoco_jax.kernels.int8 import dequantize, quantize
@@ -24,7 +27,8 @@ from yoco_jax.model.cache import (
     map_kv,
     tree_bytes,
 )
-from yoco_jax.ops.attention import cache_attention
+from yoco_jax.ops.attention import attend, cache_attention, cached, causal
+from yoco_jax.serve.engine import Engine, Request
 
 
 def test_quantization_error_is_at_most_half_a_step_per_token_and_head():
@@ -187,3 +191,69 @@ def test_save_and_load_an_int8_cache(tmp_path):
 def test_kv_cache_dtype_is_checked():
     with pytest.raises(ConfigError, match="kv_cache_dtype='int4' is not valid"):
         yoco_jax.get_config("yoco-tiny", kv_cache_dtype="int4")
+
+
+def _attend_int8(runtime, lengths, tq=1, s=64, hq=4, hkv=2, d=16):
+    """attend on an int8 cache under the current mesh, and on its dequantized values unsplit."""
+    q, k, v, ks, vs = _int8_cache(4, 2, tq, s, hq, hkv, d)
+    lengths = jnp.asarray(lengths, jnp.int32)
+    call = jax.jit(lambda *a: attend(*a[:3], cached(a[3]), runtime, k_scale=a[4], v_scale=a[5]))
+    deq = lambda x, s: dequantize(x, s, jnp.float32)
+    return (
+        call,
+        (q, k, v, lengths, ks, vs),
+        attend(q, deq(k, ks), deq(v, vs), cached(lengths), runtime),
+    )
+
+
+@pytest.mark.parametrize(
+    "impl,mesh", [("xla", {"context": 4, "data": 2}), ("pallas", {"tensor": 4, "data": 2})]
+)
+def test_attend_splits_the_int8_scales_with_the_cache(impl, mesh):
+    """context=4: the cache and its scales split along their length (each device dequantizes its
+    slice); tensor=4 with 2 kv heads: the kernel per device, the scales' heads gathered as k's."""
+    runtime = get_config("yoco-tiny", attention_impl=impl, kernel_interpret=True).runtime
+    call, args, want = _attend_int8(runtime, [64, 23])
+    with sharding.use_mesh(sharding.make_mesh(mesh)):
+        assert "shard_map" in str(jax.make_jaxpr(call)(*args))
+        got = call(*args)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_attend_refuses_scales_outside_a_cache():
+    q, k, v, ks, vs = _int8_cache(5, 1, 4, 4, 2, 2, 8)
+    with pytest.raises(ValueError, match="give them with cached"):
+        attend(q, k, v, causal(), get_config("yoco-tiny").runtime, k_scale=ks, v_scale=vs)
+
+
+PROMPTS = [[5, 9, 300, 41, 7, 7, 12], [900, 3], list(range(20, 53))]
+TEMPERATURES = [0.0, 0.9, 0.0]
+
+
+def test_generate_with_int8_equals_generate_on_its_dequantized_values_and_the_server():
+    """End to end: `generate` on an int8 cache gives the tokens of `generate` on a float32 cache
+    holding the dequantized values (every prefill chunk and decode step alike), here also the
+    float cache's own tokens; the server's Engine on the int8 config gives generate's."""
+    cfg = yoco_jax.get_config("yoco-tiny", dtype="float32", vocab_size=2048, kv_cache_dtype="int8")
+    model = yoco_jax.init(cfg, 1)
+    reference = model.replace(kv_cache_dtype=None)
+    options = {"prefill_chunk": 16, "max_len": 64}
+    tokens = lambda m, cache=None: [
+        c.tokens for c in generate(m, PROMPTS, 12, cache=cache, **options)
+    ]
+    got = tokens(model, init_cache(cfg, 3, 64))
+    assert isinstance(init_cache(cfg, 3, 64).kv, QuantizedKV)
+    assert got == tokens(
+        reference, map_kv(init_cache(reference.config, 3, 64), lambda c: DequantizedKV(*c))
+    )
+    assert got == tokens(reference)
+
+    engine = Engine(model, None, slots=2, max_len=64, prefill_chunk=16, block=4)
+    done = {}
+    for i, (p, t) in enumerate(zip(PROMPTS, TEMPERATURES)):
+        on_event = lambda kind, data, i=i: done.__setitem__(i, data) if kind == "done" else None
+        engine.submit(Request(p, 12, t, seed=3, on_event=on_event))
+    engine.run_until_idle()
+    for i, (p, t) in enumerate(zip(PROMPTS, TEMPERATURES)):
+        alone = generate(model, p, 12, temperature=t, seed=3, **options)
+        assert done[i].tokens == alone.tokens, i

@@ -178,9 +178,9 @@ def resize_cache(cache: Cache, max_len: int) -> Cache:
 
 def _kv(cfg: ModelConfig, batch: int, length: int, dtype) -> KVCache | QuantizedKV:
     shape = (batch, length, cfg.n_attn_kv_heads, cfg.attn_head_dim)
-    if dtype == jnp.int8:
-        scales = (jnp.zeros(shape[:3], jnp.float32),) * 2
-        return QuantizedKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), *scales)
+    if dtype == jnp.int8:  # four arrays, none shared: a consumer donates each leaf
+        scale = lambda: jnp.zeros(shape[:3], jnp.float32)
+        return QuantizedKV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), scale(), scale())
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
