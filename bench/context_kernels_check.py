@@ -4,7 +4,7 @@ a half slice of queries at a global offset against the gathered K/V (and a windo
 a halo whose first keys do not exist), against the blocked XLA path it replaces
 (yoco_jax/ops/blocked_attention.py). Prints the max relative error of out/dq/dk/dv and the time
 of a jitted forward+backward of each; exits 1 if an error is over its tolerance. GPU only: exits
-2 without one (CPU interpret mode is tested by tests/test_context_pallas.py).
+2 without one (CPU interpret mode is tested by tests/ops/test_context_pallas.py).
 
     PYTHONPATH=. python bench/context_kernels_check.py
 """

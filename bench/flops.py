@@ -4,7 +4,7 @@
 square, a chunk against the cache scores whole 512-key blocks up to its end
 (ops/chunked_attention.py), the chunkwise retention computes full c x c blocks.
 `minimum` counts what the model needs: causal attention scores each query only against the keys
-before it. Cross-checked against XLA's cost_analysis() in tests/test_bench.py.
+before it. Cross-checked against XLA's cost_analysis() in tests/package/test_bench.py.
 """
 
 from __future__ import annotations

@@ -2,10 +2,14 @@
 run-time shape checks on the package, and the official models' test data."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
+# Tests live in folders that mirror the package; their shared helpers (processes.py,
+# numpy_yoco.py, lm_eval_tasks.py) sit here, importable from every folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # CLIs called in-process must not turn on the persistent compilation cache in ~/.cache.

@@ -17,7 +17,8 @@ import os
 from yoco_jax import compile_cache, distributed
 from yoco_jax.cli.common import one_line_warnings, reported
 
-DOCS_STEPS = "YOCO_DOCS_STEPS"  # N: at most N steps (tests/test_docs_run.py runs the docs so)
+# N: at most N steps (tests/package/test_docs_run.py runs the docs so)
+DOCS_STEPS = "YOCO_DOCS_STEPS"
 
 
 def main(argv=None):

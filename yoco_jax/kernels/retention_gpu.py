@@ -27,7 +27,7 @@ round the float32 factors (decayed scores, decayed queries and keys, the state S
 the input dtype, as FlashAttention rounds its probabilities: in bfloat16 the output carries
 ~2^-9 relative rounding per term, the size of its own final rounding to bfloat16, while the
 state stays float32. XLA's chunkwise form multiplies those in float32; in bfloat16 the two
-differ by 3e-3 (output) and 2e-3 (final state) relative max (tests/test_retention_kernel.py:
+differ by 3e-3 (output) and 2e-3 (final state) relative max (tests/kernels/test_retention_kernel.py:
 < 1e-2 and 5e-3; and 1e-5 in float32, where this kernel rounds nothing; on
 the GPU Triton's default float32 dot is TF32, as XLA's default precision on GPUs).
 

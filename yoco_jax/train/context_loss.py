@@ -34,6 +34,6 @@ def cross_entropy_sums(
         return jax.lax.psum(total, cp.AXIS), jax.lax.psum(count, cp.AXIS)
 
     # check_vma=False: loss.py's scan starts from an unannotated zero. Without the check, the
-    # kernel's cotangent is still summed over the axis (tests/test_context_parallel.py).
+    # kernel's cotangent is still summed over the axis (tests/ops/test_context_parallel.py).
     specs = dict(in_specs=(cp.SPLIT,) * 3 + (P(),), out_specs=(P(), P()), check_vma=False)
     return jax.shard_map(local, axis_names={cp.AXIS}, **specs)(hidden, targets, mask, kernel)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "yoco_jax"
 
 # Lowest first. A module belongs to the layer of its longest listed prefix; `__main__` modules

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?:<!--\s*(no-run:.*?|gpu-only)\s*-->\n)?^```(\w*)\n(.*?)^```", re.S | re.M)
 RUN_LANGS = ("bash", "python")

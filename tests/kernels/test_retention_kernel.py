@@ -129,7 +129,7 @@ def test_kernel_lowers_for_cuda(dtype):
 
 def test_pallas_impl_differentiates_like_xla():
     """Forward and backward by the kernels: gradients of every input equal XLA's
-    (tests/test_retention_backward.py tests the backward kernel at more shapes)."""
+    (tests/kernels/test_retention_backward.py tests the backward kernel at more shapes)."""
     q, k, v, g, s0 = inputs(45, "strong", seed=8, dk=16, dv=24)
     cot_out, cot_state = jax.random.normal(jax.random.key(9), v.shape), jnp.ones_like(s0)
 

@@ -35,7 +35,7 @@ from yoco_jax.train.loop import train
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
 from yoco_jax.train.step import Trainer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUN = [
     "model=yoco-tiny",
     "model.n_layers=2",

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from test_harness import write_task  # noqa: E402
+from lm_eval_tasks import write_task  # noqa: E402
 
 import yoco_jax  # noqa: E402
 from yoco_jax.data import demo_tokenizer  # noqa: E402

@@ -100,7 +100,7 @@ def test_named_policy_keeps_exactly_its_names(policy, scan):
 
 @pytest.mark.parametrize("policy", sorted(REMAT_POLICIES))
 def test_every_policy_gives_the_same_logits_and_gradients_under_scan(reference, policy):
-    """(Unrolled layers: tests/test_model.py.)"""
+    """(Unrolled layers: tests/model/test_model.py.)"""
     params, ((loss, logits), grads) = reference
     (loss_r, logits_r), grads_r = _loss_logits_grads(
         _config(scan_layers=True, remat=policy), params

@@ -11,7 +11,7 @@ import pytest
 
 from bench import attention
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "benchmarks-attention.md"
 
 pytestmark = pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the CPU refusal")

@@ -16,7 +16,7 @@ import pytest
 import yoco_jax
 from yoco_jax.config import CONFIG_DIR, available_configs, get_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 

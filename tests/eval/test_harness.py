@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import yaml  # noqa: E402
+from lm_eval_tasks import write_task  # noqa: E402
 
 import yoco_jax  # noqa: E402
 from yoco_jax.cli import harness as harness_cli  # noqa: E402
@@ -74,14 +74,6 @@ def greedy_choice(model, tok):
         if tok.encode(context + tok.decode([best])) == first + [best]:
             return context, tok.decode([best])
     raise AssertionError("no context whose greedy token re-tokenizes: pick other contexts")
-
-
-def write_task(folder: Path, name: str, rows: list[dict], **config) -> None:
-    data = folder / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = {"task": name, "dataset_path": "json", "test_split": "test"}
-    task["dataset_kwargs"] = {"data_files": {"test": str(data)}}
-    (folder / f"{name}.yaml").write_text(yaml.safe_dump({**task, **config}))
 
 
 @pytest.fixture(scope="module")
