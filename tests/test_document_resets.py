@@ -1,6 +1,8 @@
 """Packed documents (segment ids): every document computed as if it were alone, its logits and
 gradients those of the document run on its own; padding (segment 0) changes nothing."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,3 +143,18 @@ def test_model_logits_take_segment_ids_and_refuse_a_bad_shape():
     _close(got, model.logits(tokens[1:, start:end])[0])
     with pytest.raises(ValueError, match="segment_ids must be integers shaped like the tokens"):
         model.logits(tokens, segment_ids=seg[:, :-1])
+
+
+@pytest.mark.parametrize("mixer", ["retention", "window"])
+def test_packed_documents_run_the_xla_forms_whatever_the_kernel_settings(mixer):
+    """The Pallas kernels take no segment ids: `attend` and the retention dispatcher route
+    packed batches to XLA (one place each); without segment ids the kernels run."""
+    kernels = dict(attention_impl="pallas", retention_impl="pallas", kernel_backend="gpu")
+    config = dataclasses.replace(CONFIGS[mixer], kernel_interpret=True, **kernels)
+    model, params, tokens, _ = _setup(config)
+
+    def jaxpr(seg):
+        return str(jax.make_jaxpr(lambda t: model.apply(params, t, segment_ids=seg))(tokens))
+
+    assert "pallas_call" in jaxpr(None)
+    assert "pallas_call" not in jaxpr(_segments())
