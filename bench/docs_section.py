@@ -18,10 +18,14 @@ def replace_section(doc: Path, title: str, text: str) -> None:
 
 
 def shown_flags(argv: list[str]) -> list[str]:
-    """The command-line flags that change the result (not where it is written: --out, --docs)."""
+    """The command-line flags as results and docs show them: the output (--out) as `$OUT`, not
+    this machine's path, and --docs (where the docs are written) left out."""
     out, skip = [], False
     for arg in argv:
-        if not skip and arg.split("=")[0] not in ("--out", "--docs"):
+        flag = arg.split("=")[0]
+        if flag == "--out":
+            out += ["--out", "$OUT"]
+        elif not skip and flag != "--docs":
             out.append(arg)
         skip = arg in ("--out", "--docs")
     return out

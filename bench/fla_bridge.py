@@ -84,12 +84,16 @@ def compare(source, out, device="cpu", dtype="float32", new_tokens=32, length=25
     pairs = list(zip(mine, theirs))
     same = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
     return {
-        "device": device, "dtype": dtype,
+        "device": device,
+        "dtype": dtype,
         "loading": {k: sorted(map(str, v)) for k, v in info.items()},
-        "tokenizer_equal": theirs_tokenizer.encode(text) == tokens, "text_tokens": len(tokens),
+        "tokenizer_equal": theirs_tokenizer.encode(text) == tokens,
+        "text_tokens": len(tokens),
         "logits_rel_err": relative_error(fla_logits(model, ops, window), ours.logits(window)),
-        "greedy_same_prefix": same, "greedy_ours": mine, "greedy_fla": theirs,
-    }  # fmt: skip
+        "greedy_same_prefix": same,
+        "greedy_ours": mine,
+        "greedy_fla": theirs,
+    }
 
 
 def main(argv=None) -> None:

@@ -25,8 +25,18 @@ def _segments(cu_seqlens, total: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _simple_gla(q, k, v, g, initial_state=None, output_final_state=False, state_v_first=False,
-                cu_seqlens=None, scale=None, **unused):  # fmt: skip
+def _simple_gla(
+    q,
+    k,
+    v,
+    g,
+    initial_state=None,
+    output_final_state=False,
+    state_v_first=False,
+    cu_seqlens=None,
+    scale=None,
+    **unused,
+):
     """q, k [B, T, H, Dk], v [B, T, H, Dv], g [B, T, H] -> (o [B, T, H, Dv], state or None);
     with cu_seqlens, B = 1 and the segments are the sequences (one state each)."""
     from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
@@ -38,9 +48,11 @@ def _simple_gla(q, k, v, g, initial_state=None, output_final_state=False, state_
         if init is not None and state_v_first:
             init = init.transpose(-1, -2)
         o, state = naive_recurrent_simple_gla(
-            *(x[:, start:end] for x in (q, k, v, g)), scale=scale, initial_state=init,
+            *(x[:, start:end] for x in (q, k, v, g)),
+            scale=scale,
+            initial_state=init,
             output_final_state=True,
-        )  # fmt: skip
+        )
         outs.append(o)
         states.append(state.transpose(-1, -2) if state_v_first else state)
     return torch.cat(outs, 1), torch.cat(states) if output_final_state else None
@@ -73,18 +85,24 @@ def _softmax_attention(q, k, v, scale=None):
 def _parallel_attn(q, k, v, g=None, scale=None, window_size=None, cu_seqlens=None, **unused):
     if g is not None or window_size is not None:
         raise NotImplementedError("the reference attention has no gates or window")
-    return torch.cat([
-        _softmax_attention(q[:, a:b], k[:, a:b], v[:, a:b], scale)
-        for a, b in _segments(cu_seqlens, q.shape[1])
-    ], 1)  # fmt: skip
+    return torch.cat(
+        [
+            _softmax_attention(q[:, a:b], k[:, a:b], v[:, a:b], scale)
+            for a, b in _segments(cu_seqlens, q.shape[1])
+        ],
+        1,
+    )
 
 
 def _decoding_one_step(q, k, v, g=None, scale=None, cu_seqlens=None, **unused):
     """q [1, N, H, D]: the last token of each of the N sequences packed in k, v [1, S, Hkv, D]."""
-    return torch.cat([
-        _softmax_attention(q[:, i : i + 1], k[:, a:b], v[:, a:b], scale)
-        for i, (a, b) in enumerate(_segments(cu_seqlens, k.shape[1]))
-    ], 1)  # fmt: skip
+    return torch.cat(
+        [
+            _softmax_attention(q[:, i : i + 1], k[:, a:b], v[:, a:b], scale)
+            for i, (a, b) in enumerate(_segments(cu_seqlens, k.shape[1]))
+        ],
+        1,
+    )
 
 
 def _rms(x, weight, eps):

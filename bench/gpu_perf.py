@@ -1,7 +1,7 @@
 """One GPU performance run under a hard time budget (issue 14), for a single H100/H200.
 
     python -m bench.gpu_perf --out $OUT                  # GPU, --budget-s 420 by default
-    python -m bench.gpu_perf --out /tmp/perf --smoke     # CPU: tiny shapes, Pallas interpreted
+    python -m bench.gpu_perf --out $OUT/smoke --smoke    # CPU: tiny shapes, Pallas interpreted
 
 Cases in priority order (bench/gpu_perf_cases.py):
   a) causal attention at 8K/32K/128K, batch 1, 24/8 heads, head dim 128, bf16: our Pallas flash,
@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.docs_section import shown_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 # group -> "module:function" yielding rows; imported in the child process only
@@ -125,7 +127,7 @@ def main(argv=None) -> dict | None:
 
     deadline = Deadline(args.budget_s)
     results = {
-        "command": " ".join(["python -m bench.gpu_perf", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m bench.gpu_perf", *shown_flags(argv or sys.argv[1:])]),
         "jax": jax.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "budget_s": args.budget_s,

@@ -3,7 +3,7 @@ Triton), in one GPU run.
 
     python -m bench.peer_fla --out $OUT/peer --budget-s 330   # GPU (refuses without one)
     python -m bench.peer_fla --out $OUT/peer --budget-s 200 --cases kernel_fwd check prefill decode
-    python -m bench.peer_fla --out /tmp/peer --smoke          # CPU: tiny shapes, ours only, plus
+    python -m bench.peer_fla --out $OUT/smoke --smoke        # CPU: tiny shapes, ours only, plus
                                                               # fla's torch reference in the check
 
 The peer: `flash-linear-attention` 0.6.0 + `fla-core` 0.6.0 (`fla.models.YOCOForCausalLM`: a
@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import peer_fla_report as report
+from bench.docs_section import shown_flags
 from bench.gpu_perf import Deadline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,7 +213,7 @@ def main(argv=None) -> dict | None:
     if "check" in args.cases:
         check = report.check_errors(Path(spec["check_inputs"]), scratch)
     results = {
-        "command": " ".join(["python -m bench.peer_fla", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m bench.peer_fla", *shown_flags(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "budget_s": args.budget_s,
         "sizes": sizes,

@@ -31,6 +31,9 @@ Still to measure on a GPU (each command fits one device call; nothing below is g
 - `python3 -m bench.peer_fla --out $OUT/peer --budget-s 330` (wheels in `.whl/`): the model-level
   peer (prefill, decode, train step) against flash-linear-attention's YOCO;
 - `PYTHONPATH=. python bench/context_kernels_check.py`: its bf16 cases;
+- `PYTHONPATH=.:$FLA_SITE python -m bench.fla_bridge runs/demo $OUT/fla --device cuda --dtype
+  bfloat16` (and `--dtype float32 --new-tokens 32`): the fla export under fla's Triton kernels,
+  logits and greedy `generate` against ours (docs/pytorch.md);
 - `python -m bench.suite --device gpu --budget-s 330`: the suite with the batched retention.
 
 How to read the columns:
@@ -609,6 +612,10 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import serve_load
 
         parts.append(serve_load.section(json.loads(serve.read_text())))
+    for cached in sorted(results_dir.glob("prefix-cache-*.json")):  # bench/prefix_cache.py
+        from bench import prefix_cache
+
+        parts.append(prefix_cache.section(json.loads(cached.read_text())))
     out = docs / "benchmarks.md"
     out.write_text("\n".join(parts))
     return out

@@ -153,8 +153,8 @@ def section(res: dict) -> str:
             "",
             f"`{res['command']}` on {res['device']} ({res['date']}): `{res['model']}` "
             f"({res['params'] / 1e6:.2f}M parameters) and the Transformer of its width, depth and "
-            "heads (FFN widened to the same parameter count), each behind `python -m "
-            f"yoco_jax.serve` (max-len {res['max_len']}, decode blocks "
+            "heads (FFN widened to the same parameter count), each behind `yoco-serve` "
+            f"(max-len {res['max_len']}, decode blocks "
             f"of {res['block']}) with as many slots as its cache fits in the Transformer's "
             f"{res['transformer']['slots']} slots' bytes; {res['requests']} streamed requests per "
             f"rate, Poisson arrivals, prompts of {res['prompt'][0]}-{res['prompt'][1]} tokens, "

@@ -23,12 +23,20 @@ def start_train(args: list[str], processes: int, cache: Path, devices: int = 4):
     sharing the persistent compilation cache `cache`; returns the Popen handles."""
     port = _free_port()
     per_process = devices // processes
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={per_process}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")  # fmt: skip
-    distributed = lambda i: [f"--coordinator-address=localhost:{port}",
-                             f"--num-processes={processes}", f"--process-id={i}"]  # fmt: skip
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={per_process}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
+    distributed = lambda i: [
+        f"--coordinator-address=localhost:{port}",
+        f"--num-processes={processes}",
+        f"--process-id={i}",
+    ]
     command = [sys.executable, str(ROOT / "train.py"), *args]
     return [
         subprocess.Popen(
@@ -38,7 +46,7 @@ def start_train(args: list[str], processes: int, cache: Path, devices: int = 4):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(processes)
     ]
 

@@ -3,12 +3,14 @@ counts agree with XLA's. No timing assertions (speed is shown in docs/benchmarks
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from bench import flops
+from bench import flops, gpu_perf, peer_fla
 from bench.models import extend, param_shapes, random_params
 from bench.profiles import get_profile
 from bench.runner import Budget, Context, guarded
@@ -93,9 +95,21 @@ def test_param_count_matches_pytree():
 
 def test_exhausted_budget_skips_cases_into_the_tables(tmp_path):
     """With no time left every case is skipped, and the run still writes its tables."""
-    results = main(["--device", "cpu", "--smoke", "--budget-s", "0.001", "--results-dir",
-                    str(tmp_path), "--docs-dir", str(tmp_path), "--sections",
-                    "prefill,decode,retention,train"])  # fmt: skip
+    results = main(
+        [
+            "--device",
+            "cpu",
+            "--smoke",
+            "--budget-s",
+            "0.001",
+            "--results-dir",
+            str(tmp_path),
+            "--docs-dir",
+            str(tmp_path),
+            "--sections",
+            "prefill,decode,retention,train",
+        ]
+    )
     secs = results["sections"]
     cases = [r[arch] for r in secs["prefill"] + secs["decode"] for arch in ("yoco", "transformer")]
     cases += [r[form] for r in secs["retention"] for form in ("parallel", "chunkwise")]
@@ -134,3 +148,30 @@ def test_decode_retries_a_failing_kernel_on_the_xla_path(monkeypatch):
     assert (
         yoco["note"] == "XLA attention; Pallas failed: error: RuntimeError: Triton lowering failed"
     )
+
+
+def test_gpu_benchmarks_record_out_as_a_placeholder(tmp_path, monkeypatch):
+    """Results name `$OUT`, not this machine's folder, so a re-render writes no machine path."""
+    perf = gpu_perf.main(["--out", str(tmp_path / "perf"), "--budget-s", "1", "--smoke"])
+    assert perf["command"] == "python -m bench.gpu_perf --out $OUT --budget-s 1 --smoke"
+    monkeypatch.setattr(peer_fla, "_spawn", lambda *args: "not run (test)")
+    argv = [f"--out={tmp_path / 'peer'}", "--budget-s", "1", "--smoke", "--cases", "prefill"]
+    peer = peer_fla.main(argv)
+    assert (
+        peer["command"]
+        == "python -m bench.peer_fla --out $OUT --budget-s 1 --smoke --cases prefill"
+    )
+    for folder in ("perf", "peer"):
+        assert str(tmp_path) not in (tmp_path / folder / "results.json").read_text()
+
+
+def test_no_committed_doc_or_result_names_a_path_of_this_machine():
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *(root / "docs").rglob("*"), *(root / "bench/results").rglob("*")]
+    machine_path = re.compile(rb"(?<![\w$.~])/(?:root|work|tmp|home|Users)/")
+    named = [
+        str(f.relative_to(root))
+        for f in files
+        if f.is_file() and machine_path.search(f.read_bytes())
+    ]
+    assert not named, f"machine paths in {named}: write $OUT or a relative path"

@@ -23,8 +23,12 @@ def _python(tmp_path, args, **settings):
     """Runs python with the user's cache folder in tmp_path and no cache settings inherited."""
     unset = ("YOCO_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR")
     env = {k: v for k, v in os.environ.items() if k not in unset}
-    env.update(XDG_CACHE_HOME=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1", **settings)  # fmt: skip
+    env.update(
+        XDG_CACHE_HOME=str(tmp_path),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+        **settings,
+    )
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
 
 

@@ -20,8 +20,9 @@ def test_every_config_file_loads(name):
 
 def test_yoco_3b_is_the_official_arch():
     cfg = yoco_jax.get_config("yoco-3b")
-    official = dict(dim=3072, hidden_dim=8192, n_layers=26, n_self_heads=24, n_attn_heads=24,
-                    n_attn_kv_heads=8)  # fmt: skip
+    official = dict(
+        dim=3072, hidden_dim=8192, n_layers=26, n_self_heads=24, n_attn_heads=24, n_attn_kv_heads=8
+    )
     assert {k: getattr(cfg, k) for k in official} == official
     assert yoco_jax.get_config("yoco-3b-1m").rope_theta == 80_000_000.0
 

@@ -133,10 +133,16 @@ def test_infer_cli_mesh_flag(models, tmp_path, capsys):
     lines = [json.dumps({"tokens": p}) for p in prompts]
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
     argv = ["--checkpoint", folder, "--input-jsonl", tmp_path / "in.jsonl", "--max-new-tokens",
-            NEW, "--dtype", "float32", "--mesh", "context=4", "data=2"]  # fmt: skip
-    infer_main([str(a) for a in argv])
-    out = [json.loads(line)["completion_tokens"] for line in capsys.readouterr().out.splitlines()]
-    assert out == _tokens(model.generate(prompts, NEW))
+            NEW, "--dtype", "float32", "--mesh"]  # fmt: skip
+    # A mesh smaller than the machine (3 of the 8 devices) runs and says which mesh it used.
+    for mesh, used in [
+        (["context=4", "data=2"], "mesh: data=2 fsdp=1 context=4 tensor=1 on 8 of the 8 devices"),
+        (["context=3"], "mesh: data=1 fsdp=1 context=3 tensor=1 on 3 of the 8 devices"),
+    ]:
+        infer_main([str(a) for a in argv + mesh])
+        out, err = capsys.readouterr()
+        got = [json.loads(line)["completion_tokens"] for line in out.splitlines()]
+        assert got == _tokens(model.generate(prompts, NEW)) and used in err
     with pytest.raises(SystemExit) as exit_:
         infer_main(["--checkpoint", str(folder), "--prompt", "x", "--mesh", "context=3.5"])
     assert exit_.value.code == 2

@@ -53,9 +53,22 @@ def fla():
 def run(tmp_path_factory):
     """yoco-tiny with the demo tokenizer's 2048 pieces, 3 steps on the standard library."""
     out = tmp_path_factory.mktemp("run")
-    train_main(["model=yoco-tiny", "model.vocab_size=2048", "seq_len=32", "batch_size=8",
-                "steps=3", "warmup_steps=1", "eval_batches=1", "eval_every=3", "log_every=1",
-                "checkpoint_every=3", "progress=false", f"output_dir={out}"])  # fmt: skip
+    train_main(
+        [
+            "model=yoco-tiny",
+            "model.vocab_size=2048",
+            "seq_len=32",
+            "batch_size=8",
+            "steps=3",
+            "warmup_steps=1",
+            "eval_batches=1",
+            "eval_every=3",
+            "log_every=1",
+            "checkpoint_every=3",
+            "progress=false",
+            f"output_dir={out}",
+        ]
+    )
     return out
 
 
@@ -77,8 +90,12 @@ def test_fla_loads_the_export_strictly(fla_model, export):
     from transformers import AutoConfig
 
     model, info, _ = fla_model
-    assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(),
-                    "error_msgs": []}  # fmt: skip
+    assert info == {
+        "missing_keys": set(),
+        "unexpected_keys": set(),
+        "mismatched_keys": set(),
+        "error_msgs": [],
+    }
     assert type(model).__name__ == "YOCOForCausalLM"
     config = AutoConfig.from_pretrained(export)
     assert type(config).__name__ == "YOCOConfig" and config.norm_eps == 1e-5
@@ -158,8 +175,9 @@ def test_a_tokenizer_that_does_not_convert_exactly_is_refused(tiny, tmp_path):
     words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"]
     text = "\n".join(" ".join(line) for line in itertools.permutations(words, 4))
     unigram = Tokenizer.train([text], 300, tmp_path / "uni", model_type="unigram")
-    model = yoco_jax.Model(yoco_jax.get_config("yoco-tiny", n_layers=2, vocab_size=300),
-                           tiny.params, unigram)  # fmt: skip
+    model = yoco_jax.Model(
+        yoco_jax.get_config("yoco-tiny", n_layers=2, vocab_size=300), tiny.params, unigram
+    )
     with pytest.raises(ValueError, match="not a BPE model.*yoco-tokenizer train"):
         model.save_fla(tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -204,4 +222,7 @@ def test_an_fla_export_replaces_an_official_one(tiny, tmp_path):
     tiny.save_official(tmp_path)
     tiny.save_fla(tmp_path, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors"]  # fmt: skip
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]

@@ -109,20 +109,46 @@ def run(model, tok, ckpt, free_generations, tmp_path_factory):
         {"question": "import", "choices": ["os", "the", "42"], "label": 1},
         {"question": "for i in range(3):\n", "choices": ["    print(i)", "pass"], "label": 0},
     ]
-    write_task(tasks, "yoco_mc", mc, output_type="multiple_choice", target_delimiter="",
-               doc_to_text="{{question}}", doc_to_choice="{{choices}}",
-               doc_to_target="{{label}}", metric_list=[{"metric": "acc"}])  # fmt: skip
+    write_task(
+        tasks,
+        "yoco_mc",
+        mc,
+        output_type="multiple_choice",
+        target_delimiter="",
+        doc_to_text="{{question}}",
+        doc_to_choice="{{choices}}",
+        doc_to_target="{{label}}",
+        metric_list=[{"metric": "acc"}],
+    )
     until = [two_token_string(tok, free_generations[0].tokens), "\n\n"]
     gen = [{"prompt": p, "answer": "pass"} for p in GEN_PROMPTS]
     settings = {"until": until, "max_gen_toks": MAX_GEN, "do_sample": False}
-    write_task(tasks, "yoco_gen", gen, output_type="generate_until", doc_to_text="{{prompt}}",
-               doc_to_target="{{answer}}", metric_list=[{"metric": "exact_match"}],
-               generation_kwargs=settings)  # fmt: skip
+    write_task(
+        tasks,
+        "yoco_gen",
+        gen,
+        output_type="generate_until",
+        doc_to_text="{{prompt}}",
+        doc_to_target="{{answer}}",
+        metric_list=[{"metric": "exact_match"}],
+        generation_kwargs=settings,
+    )
     out = tmp_path_factory.mktemp("out")
-    results = harness_cli.main([
-        "--checkpoint", str(ckpt), "--tasks", "yoco_mc,yoco_gen", "--include_path", str(tasks),
-        "--batch_size", "16", "--output_path", str(out), "--log_samples",
-    ])  # fmt: skip
+    results = harness_cli.main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--tasks",
+            "yoco_mc,yoco_gen",
+            "--include_path",
+            str(tasks),
+            "--batch_size",
+            "16",
+            "--output_path",
+            str(out),
+            "--log_samples",
+        ]
+    )
     return results, out, until
 
 
@@ -148,8 +174,10 @@ def test_multiple_choice_equals_direct_log_likelihoods(model, tok, run):
 def test_generate_until_equals_generate_cut_at_the_stop_strings(free_generations, run):
     results, _, until = run
     samples = sorted(results["samples"]["yoco_gen"], key=lambda s: s["doc_id"])
-    cut = [min([f.text.find(u) for u in until if u in f.text], default=len(f.text))
-           for f in free_generations]  # fmt: skip
+    cut = [
+        min([f.text.find(u) for u in until if u in f.text], default=len(f.text))
+        for f in free_generations
+    ]
     assert cut[0] < len(free_generations[0].text)  # the multi-token stop string did stop row 0
     assert [s["resps"][0][0] for s in samples] == [
         f.text[:c] for f, c in zip(free_generations, cut)
@@ -199,8 +227,15 @@ def fails(argv, capsys) -> str:
 def test_bad_input_is_a_clear_error(ckpt, tmp_path, capsys, monkeypatch):
     local = tmp_path / "tasks"
     local.mkdir()
-    write_task(local, "t", [{"q": "a", "c": ["b"], "l": 0}], output_type="multiple_choice",
-               doc_to_text="{{q}}", doc_to_choice="{{c}}", doc_to_target="{{l}}")  # fmt: skip
+    write_task(
+        local,
+        "t",
+        [{"q": "a", "c": ["b"], "l": 0}],
+        output_type="multiple_choice",
+        doc_to_text="{{q}}",
+        doc_to_choice="{{c}}",
+        doc_to_target="{{l}}",
+    )
     base = ["--checkpoint", str(ckpt), "--include_path", str(local)]
     assert "--limit 0 evaluates nothing" in fails(base + ["--tasks", "t", "--limit", "0"], capsys)
     err = fails(base + ["--tasks", "t,no_such_task_xyz"], capsys)

@@ -19,17 +19,25 @@ from yoco_jax.eval.lm_eval_model import YocoLM  # noqa: E402
 
 MISSING = "no-such-checkpoint"  # each error below comes before the model is looked for
 MULTIPLE_CHOICE = {
-    "output_type": "multiple_choice", "target_delimiter": "", "doc_to_text": "{{question}}",
-    "doc_to_choice": "{{choices}}", "doc_to_target": "{{label}}",
+    "output_type": "multiple_choice",
+    "target_delimiter": "",
+    "doc_to_text": "{{question}}",
+    "doc_to_choice": "{{choices}}",
+    "doc_to_target": "{{label}}",
     "metric_list": [{"metric": "acc"}],
-}  # fmt: skip
+}
 
 
 def write_task(folder, name, rows):
     data = folder / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = {"task": name, "dataset_path": "json", "test_split": "test",
-            "dataset_kwargs": {"data_files": {"test": str(data)}}, **MULTIPLE_CHOICE}  # fmt: skip
+    task = {
+        "task": name,
+        "dataset_path": "json",
+        "test_split": "test",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        **MULTIPLE_CHOICE,
+    }
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(task))
 
 
@@ -71,8 +79,16 @@ def test_a_task_lm_eval_cannot_build_exits_2_before_the_model_loads(rows, cause,
 def test_an_output_path_naming_a_file_is_refused_before_evaluating(tmp_path, capsys):
     write_task(tmp_path, "ok_task", [{"question": "a", "choices": ["b", "c"], "label": 0}])
     (tmp_path / "results").write_text("mine\n")
-    argv = ["--checkpoint", MISSING, "--tasks", "ok_task", "--include_path", tmp_path,
-            "--output_path", tmp_path / "results"]  # fmt: skip
+    argv = [
+        "--checkpoint",
+        MISSING,
+        "--tasks",
+        "ok_task",
+        "--include_path",
+        tmp_path,
+        "--output_path",
+        tmp_path / "results",
+    ]
     code, line = run(argv, capsys)
     assert code == 2 and "--output_path" in line and "is a file: give a folder" in line, line
     assert (tmp_path / "results").read_text() == "mine\n"

@@ -1,7 +1,5 @@
-"""Bad input and faults around inference and export (issue 9): each gets a one-line error and
-the right exit code (2: bad arguments or input; 1: the machine failed), nothing is guessed,
-overwritten or created silently. Most cases stop before any compilation; the few generations
-share one tiny model and shapes."""
+"""Bad input and faults around inference and export (issues 9, 24): a one-line error, exit 2 for
+bad input and 1 for machine failure, nothing guessed or overwritten; few compilations."""
 
 import dataclasses
 import json
@@ -109,8 +107,19 @@ def test_no_tokenizer_is_never_guessed(bare, tmp_path, capsys):
     result = json.loads(out)
     assert code == 0 and result["completion"] is None and len(result["completion_tokens"]) == 3
     code, out, _ = cli(
-        infer_main, ["--checkpoint", bare, "--prompt", "import os", "--max-new-tokens", 3,
-                     "--tokenizer", demo_tokenizer().path], capsys)  # fmt: skip
+        infer_main,
+        [
+            "--checkpoint",
+            bare,
+            "--prompt",
+            "import os",
+            "--max-new-tokens",
+            3,
+            "--tokenizer",
+            demo_tokenizer().path,
+        ],
+        capsys,
+    )
     assert code == 0 and out.endswith("\n")
 
 
@@ -291,3 +300,12 @@ def test_shape_overrides_are_refused_up_front(export, run):
     assert (loaded.config.dtype, loaded.config.chunk_size) == ("bfloat16", 8)
     with pytest.raises(yoco_jax.ConfigError, match="cannot override n_layers"):
         loaded.replace(n_layers=4)
+
+
+def test_library_refuses_empty_batches_and_prompts_that_are_not_lists(model):
+    for tokens in (np.zeros((0, 4), np.int32), np.zeros((2, 0), np.int32), [[]]):
+        with pytest.raises(ValueError, match=r"tokens of shape \(\d, \d\) are empty: give at"):
+            model.logits(tokens)  # was ZeroDivisionError
+    for prompts in (None, 5, {"a": 1}):  # None was TypeError: no len()
+        with pytest.raises(ValueError, match="prompts must be a string, a list of token ids"):
+            model.generate(prompts, 2)

@@ -23,9 +23,18 @@ from yoco_jax.train.lock import RunLock
 from yoco_jax.train.run_folder import clear_run
 from yoco_jax.train.step import TrainState
 
-RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=32",
-       "batch_size=8", "warmup_steps=1", "progress=false", "steps=2", "checkpoint_every=2",
-       "data.eval_fraction=0"]  # fmt: skip
+RUN = [
+    "model=yoco-tiny",
+    "model.n_layers=2",
+    "model.vocab_size=2048",
+    "seq_len=32",
+    "batch_size=8",
+    "warmup_steps=1",
+    "progress=false",
+    "steps=2",
+    "checkpoint_every=2",
+    "data.eval_fraction=0",
+]
 
 
 def cli(main, argv, capsys):
@@ -104,8 +113,22 @@ def test_a_vocabulary_larger_than_the_tokenizer_loads_and_samples(own_tokenizer_
     out, before, _ = own_tokenizer_run
     model = yoco_jax.load_pretrained(out)
     assert model.config.vocab_size == 2048 and model.tokenizer.vocab_size == 300
-    code, text, err = cli(infer_main, ["--checkpoint", out, "--prompt", "def x", "--max-new-tokens",
-                                       8, "--temperature", 5.0, "--seed", 3], capsys)  # fmt: skip
+    code, text, err = cli(
+        infer_main,
+        [
+            "--checkpoint",
+            out,
+            "--prompt",
+            "def x",
+            "--max-new-tokens",
+            8,
+            "--temperature",
+            5.0,
+            "--seed",
+            3,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert text.endswith("\n")
     exported = out.parent / "exported"
@@ -138,8 +161,9 @@ def unverified(tmp_path_factory):
 
 
 def test_a_step_without_checksums_is_refused_by_every_loader(unverified, tmp_path, capsys):
-    with pytest.raises(CheckpointError, match="step 3: unverified: it has no checksums.*"
-                                              "--allow-unverified"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError, match="step 3: unverified: it has no checksums.*--allow-unverified"
+    ):
         yoco_jax.load_pretrained(unverified)
     code, _, err = cli(infer_main, ["--checkpoint", unverified, "--prompt", "x"], capsys)
     error_line(code, err, 2, "no checksums", "--allow-unverified")

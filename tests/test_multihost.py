@@ -11,10 +11,23 @@ from yoco_jax import distributed
 
 # A constant learning rate, so a run stopped at step 4 and continued to 8 follows the same
 # schedule as a run of 8 steps; data_shards fixes the batches whatever the process count.
-RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=32",
-       "batch_size=8", "learning_rate=3e-3", "schedule=constant", "warmup_steps=0",
-       "data_shards=2", "data.shuffle_window=8", "data.eval_fraction=0.25", "log_every=1",
-       "eval_batches=1", "checkpoint_every=2", "progress=false"]  # fmt: skip
+RUN = [
+    "model=yoco-tiny",
+    "model.n_layers=2",
+    "model.vocab_size=2048",
+    "seq_len=32",
+    "batch_size=8",
+    "learning_rate=3e-3",
+    "schedule=constant",
+    "warmup_steps=0",
+    "data_shards=2",
+    "data.shuffle_window=8",
+    "data.eval_fraction=0.25",
+    "log_every=1",
+    "eval_batches=1",
+    "checkpoint_every=2",
+    "progress=false",
+]
 
 
 def _start(output_dir, steps, cache, processes, corpus):

@@ -84,8 +84,13 @@ def test_grid_json_and_heatmap(haystack, tmp_path):
     assert [len(row) for row in results["scores"]] == [4, 4, 4]
     assert len(results["samples"]) == 3 * 4 * 2
     assert set(results["samples"][0]) == {
-        "context_length", "depth", "prompt_tokens", "answer", "prediction", "correct",
-    }  # fmt: skip
+        "context_length",
+        "depth",
+        "prompt_tokens",
+        "answer",
+        "prediction",
+        "correct",
+    }
     json.loads(json.dumps(results))  # serializable
     never = needle.evaluate(lambda ps: ["no idea"] * len(ps), haystack, [200], [0.5])
     assert never["scores"] == [[0.0]]
@@ -135,11 +140,26 @@ def test_command_on_a_tiny_random_model(tmp_path, capsys):
     (tmp_path / "hay").mkdir()
     (tmp_path / "hay" / "long.txt").write_text(long_lines())
     out = tmp_path / "results" / "needle"
-    needle_cli.main([
-        "--checkpoint", str(tmp_path / "ckpt"), "--lengths", "150,200", "--depths", "2",
-        "--trials", "2", "--max-new-tokens", "4", "--needles", "1,2", "--out", str(out),
-        "--haystack", str(tmp_path / "hay"),
-    ])  # fmt: skip
+    needle_cli.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "ckpt"),
+            "--lengths",
+            "150,200",
+            "--depths",
+            "2",
+            "--trials",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--needles",
+            "1,2",
+            "--out",
+            str(out),
+            "--haystack",
+            str(tmp_path / "hay"),
+        ]
+    )
     results = json.loads(out.with_suffix(".json").read_text())
     assert results["needles"] == [1, 2] and results["context_lengths"] == [150, 200]
     assert len(results["accuracy"]) == 2 and all(

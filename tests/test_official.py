@@ -13,16 +13,43 @@ import yoco_jax
 
 CASES = {
     # gRet, GQA 4 query heads over 2 kv heads, chunk 8 so T=21 spans 3 chunks with a remainder.
-    "gret-gqa": dict(dim=32, n_layers=4, hidden_dim=48, n_self_heads=2, n_attn_heads=4,
-                     n_attn_kv_heads=2, vocab_size=61, rope_theta=10000.0, norm_eps=1e-5),
+    "gret-gqa": dict(
+        dim=32,
+        n_layers=4,
+        hidden_dim=48,
+        n_self_heads=2,
+        n_attn_heads=4,
+        n_attn_kv_heads=2,
+        vocab_size=61,
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+    ),
     # gRet, GQA ratio 8, odd head counts elsewhere.
-    "gret-gqa8": dict(dim=48, n_layers=2, hidden_dim=40, n_self_heads=3, n_attn_heads=8,
-                      n_attn_kv_heads=1, vocab_size=37, rope_theta=500.0, norm_eps=1e-6),
+    "gret-gqa8": dict(
+        dim=48,
+        n_layers=2,
+        hidden_dim=40,
+        n_self_heads=3,
+        n_attn_heads=8,
+        n_attn_kv_heads=1,
+        vocab_size=37,
+        rope_theta=500.0,
+        norm_eps=1e-6,
+    ),
     # sliding window 5, shorter than the sequence.
-    "swa": dict(dim=24, n_layers=2, hidden_dim=40, n_self_heads=2, n_attn_heads=2,
-                n_attn_kv_heads=1, vocab_size=40, rope_theta=10000.0, norm_eps=1e-5,
-                sliding_window=5),
-}  # fmt: skip
+    "swa": dict(
+        dim=24,
+        n_layers=2,
+        hidden_dim=40,
+        n_self_heads=2,
+        n_attn_heads=2,
+        n_attn_kv_heads=1,
+        vocab_size=40,
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+        sliding_window=5,
+    ),
+}
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

@@ -116,8 +116,11 @@ def test_plan_runs_the_chosen_kinds_in_priority_order():
     assert full[:2] == [("kernel_fwd", 32768), ("check", 1000)]
     assert [t for case, t in full if case == "prefill"] == [32768, 131072, 262144]
     assert peer_fla.plan(peer_fla.FULL, ["decode", "prefill"]) == [
-        ("prefill", 32768), ("prefill", 131072), ("prefill", 262144), ("decode", 32768),
-    ]  # fmt: skip
+        ("prefill", 32768),
+        ("prefill", 131072),
+        ("prefill", 262144),
+        ("decode", 32768),
+    ]
 
 
 def test_refuses_without_a_gpu(tmp_path, monkeypatch, capsys):

@@ -61,11 +61,26 @@ def test_command_equals_a_direct_full_forward(tok, tmp_path, capsys):
     data = tmp_path / "docs.jsonl"
     data.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
     out = tmp_path / "ppl" / "curve"
-    results = perplexity_cli.main([
-        "--checkpoint", str(tmp_path / "yoco"), "--compare", str(tmp_path / "other"),
-        "--data", str(data), "--max-length", str(N), "--first", "8", "--prefill-chunk", "16",
-        "--batch-size", "2", "--out", str(out),
-    ])  # fmt: skip
+    results = perplexity_cli.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "yoco"),
+            "--compare",
+            str(tmp_path / "other"),
+            "--data",
+            str(data),
+            "--max-length",
+            str(N),
+            "--first",
+            "8",
+            "--prefill-chunk",
+            "16",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     rows = perplexity.sequences(DOCS, tok, N)
     assert results["documents"] == 2
     written = json.loads(out.with_suffix(".json").read_text())
@@ -92,9 +107,16 @@ def test_documents_shorter_than_max_length_are_a_clear_error(tmp_path, capsys):
     data = tmp_path / "short.txt"
     data.write_text("just a few words")
     with pytest.raises(SystemExit) as exit_info:
-        perplexity_cli.main([
-            "--checkpoint", str(tmp_path / "ckpt"), "--data", str(data), "--max-length", "512",
-        ])  # fmt: skip
+        perplexity_cli.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--data",
+                str(data),
+                "--max-length",
+                "512",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "no document holds --max-length 512 tokens" in err and "--concat" in err

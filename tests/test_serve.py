@@ -36,8 +36,9 @@ def expected(prompt, max_tokens, cache_file=None):
     model, tok = tiny(), demo_tokenizer()
     prompt = list(prompt) if isinstance(prompt, tuple) else prompt
     if cache_file is None:
-        return generate(model, prompt, max_tokens, tokenizer=tok, prefill_chunk=CHUNK,
-                        max_len=MAX_LEN)  # fmt: skip
+        return generate(
+            model, prompt, max_tokens, tokenizer=tok, prefill_chunk=CHUNK, max_len=MAX_LEN
+        )
     cache = yoco_jax.inference.load_cache(cache_file, model.config)[0]
     return generate(model, prompt, max_tokens, tokenizer=tok, prefill_chunk=CHUNK, cache=cache)
 
@@ -49,8 +50,9 @@ class Server(BackgroundServer):
 
 
 def new_engine(**kw):
-    return Engine(tiny(), demo_tokenizer(), slots=SLOTS, max_len=MAX_LEN, prefill_chunk=CHUNK,
-                  block=4, **kw)  # fmt: skip
+    return Engine(
+        tiny(), demo_tokenizer(), slots=SLOTS, max_len=MAX_LEN, prefill_chunk=CHUNK, block=4, **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -256,10 +258,12 @@ def test_prompt_cache_file_continues_without_the_document(server):
     model, rng = tiny(), np.random.default_rng(5)
     doc, question = rng.integers(3, 2048, 40).tolist(), rng.integers(3, 2048, 6).tolist()
     logits, cache = prefill(model, [doc], max_len=64, prefill_chunk=CHUNK)
-    path = save_cache(server.cache_dir / "docs" / "doc.npz", cache, model.config, logits,
-                      params=model.params)  # fmt: skip
-    out = post(server, {"prompt": question, "max_tokens": 8, "temperature": 0,
-                        "cache": "docs/doc.npz"}).json()  # fmt: skip
+    path = save_cache(
+        server.cache_dir / "docs" / "doc.npz", cache, model.config, logits, params=model.params
+    )
+    out = post(
+        server, {"prompt": question, "max_tokens": 8, "temperature": 0, "cache": "docs/doc.npz"}
+    ).json()
     assert out["choices"][0]["token_ids"] == expected(tuple(question), 8, str(path)).tokens
     assert out["usage"]["prompt_tokens"] == 46
     assert out["usage"]["prompt_tokens_details"]["cached_tokens"] == 40
@@ -272,7 +276,11 @@ def test_models_health_metrics(server):
     models = httpx.get(server.url + "/v1/models").json()
     assert models["data"][0]["id"] == "tiny" and models["data"][0]["max_model_len"] == MAX_LEN
     assert httpx.get(server.url + "/health").json() == {
-        "status": "ok", "queue_depth": 0, "live_slots": 0, "slots": SLOTS}  # fmt: skip
+        "status": "ok",
+        "queue_depth": 0,
+        "live_slots": 0,
+        "slots": SLOTS,
+    }
     text = httpx.get(server.url + "/metrics").text
     names = ["yoco_queue_depth 0", "yoco_live_slots 0", "yoco_tokens_per_second"]
     names += ["yoco_time_to_first_token_seconds_count", "yoco_requests_total{outcome="]

@@ -186,3 +186,17 @@ def test_tokenizer_endpoints(server):
     assert back["prompt"] == "import os"
     bad = httpx.post(server.url + "/tokenize", json={"text": 1})
     assert bad.status_code == 400 and "prompt" in bad.json()["error"]["message"]
+
+
+def test_prefix_cache_hits_show_in_usage_and_metrics(client, server):
+    import httpx
+
+    shared = list(range(10, 80))  # 70 tokens: chunk boundaries at 32 and 64
+    outs = [
+        client.completions.create(model="tiny", prompt=shared + [5, i], max_tokens=2, temperature=0)
+        for i in (6, 7)
+    ]
+    assert outs[1].usage.prompt_tokens_details.cached_tokens == 64
+    text = httpx.get(server.url + "/metrics").text
+    hits = [line for line in text.splitlines() if line.startswith("yoco_prefix_cache_hits_total")]
+    assert hits and int(hits[0].split()[1]) >= 1

@@ -42,8 +42,10 @@ def test_mixed_greedy_and_sampled_rows_match_generate_alone():
     # Awkward lengths: 1 token, within a rung, across chunks (32) and rungs, the top rung (96).
     lengths = [1, 7, 16, 17, 33, 40, 64, 65, 80, 3, 29, 50, 90, 12, 5, 70]
     prompts = [rng.integers(3, 2048, n).tolist() for n in lengths]
-    budgets = [int(rng.integers(1, MAX_LEN - n + 1)) if n > 80 else int(rng.integers(1, 12))
-               for n in lengths]  # fmt: skip
+    budgets = [
+        int(rng.integers(1, MAX_LEN - n + 1)) if n > 80 else int(rng.integers(1, 12))
+        for n in lengths
+    ]
     temps = [0.0 if i % 2 == 0 else 0.9 for i in range(16)]  # neighbours of both kinds
     engine = Engine(model, tok, slots=5, max_len=MAX_LEN, prefill_chunk=CHUNK, block=3)
     reqs = [
@@ -51,8 +53,16 @@ def test_mixed_greedy_and_sampled_rows_match_generate_alone():
     ]
     results = run(engine, reqs)
     for i, (p, b, t, res) in enumerate(zip(prompts, budgets, temps, results)):
-        alone = generate(model, p, b, temperature=t, seed=100 + i, tokenizer=tok,
-                         prefill_chunk=CHUNK, max_len=MAX_LEN)  # fmt: skip
+        alone = generate(
+            model,
+            p,
+            b,
+            temperature=t,
+            seed=100 + i,
+            tokenizer=tok,
+            prefill_chunk=CHUNK,
+            max_len=MAX_LEN,
+        )
         assert res.tokens == alone.tokens, (i, len(p), t)
         assert (res.text, res.finish_reason) == (alone.text, alone.finish_reason)
         assert res.prompt_tokens == len(p) and res.completion_tokens == len(alone.tokens)
@@ -135,8 +145,9 @@ def test_stop_string_ids_and_usage_equal_generate(block):
         text = free.text
         stop = text[len(text) // 2 : len(text) // 2 + 2]  # somewhere mid-completion
         assert stop.strip() and stop in text, text
-        expected.append(generate(model, p, 24, stop=[stop], tokenizer=tok,
-                                 prefill_chunk=CHUNK, max_len=MAX_LEN))  # fmt: skip
+        expected.append(
+            generate(model, p, 24, stop=[stop], tokenizer=tok, prefill_chunk=CHUNK, max_len=MAX_LEN)
+        )
         assert expected[-1].finish_reason == "stop"
         assert len(expected[-1].tokens) < len(free.tokens)
         reqs.append(Request(p, 24, stop=(stop,), seed=i))
@@ -186,3 +197,25 @@ def test_text_stream_released_pieces_equal_the_cut_text(stop):
             break
     assert "".join(pieces) == expected == stream.shown
     assert hit == bool(hits)
+
+
+def test_serving_over_a_tensor_mesh_equals_one_device():
+    """--mesh tensor=2: the parameters split over two devices, the same tokens (greedy and
+    sampled) as one device; a data or context split is refused with the fix."""
+    import jax
+
+    from yoco_jax import sharding
+
+    model = tiny()
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(3, 2048, n).tolist() for n in (3, 40, 17)]
+    make = lambda mesh: [Request(p, 5, 0.9 * (i % 2), seed=i) for i, p in enumerate(prompts)]
+    one = run(Engine(model, None, slots=2, max_len=MAX_LEN, prefill_chunk=CHUNK), make(None))
+    mesh = sharding.make_mesh({"tensor": 2}, jax.devices()[:2])
+    engine = Engine(model, None, slots=2, max_len=MAX_LEN, prefill_chunk=CHUNK, mesh=mesh)
+    split = run(engine, make(mesh))
+    assert [r.tokens for r in split] == [r.tokens for r in one]
+    kv = engine.state.cache.kv.k
+    assert len(kv.sharding.device_set) == 2
+    with pytest.raises(ValueError, match="tensor axis only"):
+        Engine(model, None, mesh=sharding.make_mesh({"data": 2}, jax.devices()[:2]))

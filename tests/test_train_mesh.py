@@ -3,14 +3,25 @@ trainer used on its own still traces under its mesh)."""
 
 import jax
 import numpy as np
+import pytest
 
 from yoco_jax import sharding
 from yoco_jax.train.config import load_train_config
 from yoco_jax.train.loop import train
 
-RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=16",
-       "batch_size=8", "log_every=1", "progress=false", "steps=3", "checkpoint_every=0",
-       "data.eval_fraction=0", "async_checkpointing=false"]  # fmt: skip
+RUN = [
+    "model=yoco-tiny",
+    "model.n_layers=2",
+    "model.vocab_size=2048",
+    "seq_len=16",
+    "batch_size=8",
+    "log_every=1",
+    "progress=false",
+    "steps=3",
+    "checkpoint_every=0",
+    "data.eval_fraction=0",
+    "async_checkpointing=false",
+]
 
 
 def test_a_run_enters_the_mesh_once(tmp_path, monkeypatch):
@@ -40,3 +51,26 @@ def test_a_run_enters_the_mesh_once(tmp_path, monkeypatch):
     train(config)
     assert len(entered) == 1, entered
     assert steps_in_mesh == [True, True, True]
+
+
+def test_a_transformer_split_over_context_is_refused(tmp_path, capsys):
+    """The Transformer baseline has no context-parallel attention: mesh.context=4 is a usage
+    error before anything is written (it used to train without a word)."""
+    from yoco_jax.cli.train import main as train_main
+
+    run = tmp_path / "run"
+    argv = [
+        "model=transformer-tiny",
+        "model.vocab_size=2048",
+        "mesh.context=4",
+        "steps=1",
+        "seq_len=16",
+        "batch_size=2",
+        f"output_dir={run}",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        train_main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert "mesh context=4: the Transformer baseline has no context-parallel attention" in err
+    assert not run.exists()

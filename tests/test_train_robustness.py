@@ -36,15 +36,27 @@ from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
 from yoco_jax.train.step import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = ["model=yoco-tiny", "model.n_layers=2", "model.vocab_size=2048", "seq_len=32",
-       "batch_size=8", "learning_rate=1e-2", "warmup_steps=2", "log_every=1", "eval_batches=1",
-       "progress=false", "steps=4", "checkpoint_every=2"]  # fmt: skip
+RUN = [
+    "model=yoco-tiny",
+    "model.n_layers=2",
+    "model.vocab_size=2048",
+    "seq_len=32",
+    "batch_size=8",
+    "learning_rate=1e-2",
+    "warmup_steps=2",
+    "log_every=1",
+    "eval_batches=1",
+    "progress=false",
+    "steps=4",
+    "checkpoint_every=2",
+]
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
 
 
 def _config(output_dir, data, *overrides):
-    return load_train_config(None, [*RUN, f"data.path={data}", f"output_dir={output_dir}",
-                                    *overrides])  # fmt: skip
+    return load_train_config(
+        None, [*RUN, f"data.path={data}", f"output_dir={output_dir}", *overrides]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +136,17 @@ def test_a_small_corpus_trains_with_the_default_eval_fraction(finished):
 def test_a_busy_folder_is_refused_at_once_and_a_killed_run_leaves_no_lock(tmp_path, corpus):
     output_dir = tmp_path / "busy"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from yoco_jax.train.lock import RunLock; "
-         "RunLock(sys.argv[1]).__enter__(); print('locked', flush=True); time.sleep(300)",
-         str(output_dir)],
-        stdout=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from yoco_jax.train.lock import RunLock; "
+            "RunLock(sys.argv[1]).__enter__(); print('locked', flush=True); time.sleep(300)",
+            str(output_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         started = time.perf_counter()
@@ -147,12 +165,15 @@ def test_a_busy_folder_is_refused_at_once_and_a_killed_run_leaves_no_lock(tmp_pa
 # Defect 3 and 13: what a resume compares -------------------------------------------------------
 
 
-def test_resuming_with_another_tokenizer_is_refused_naming_both(finished, tmp_path, corpus,
-                                                                other_tokenizer):  # fmt: skip
+def test_resuming_with_another_tokenizer_is_refused_naming_both(
+    finished, tmp_path, corpus, other_tokenizer
+):
     run = _copy(finished, tmp_path)
     demo = demo_tokenizer().sha256[:12]
-    expected = (rf"trained with the tokenizer .*tokenizer.model \(sha256 {demo}\), not "
-                rf".*other.model \(sha256 {other_tokenizer.sha256[:12]}\)")  # fmt: skip
+    expected = (
+        rf"trained with the tokenizer .*tokenizer.model \(sha256 {demo}\), not "
+        rf".*other.model \(sha256 {other_tokenizer.sha256[:12]}\)"
+    )
     with pytest.raises(ValueError, match=expected):
         train(_config(run, corpus, f"tokenizer={other_tokenizer.path}", "steps=6"))
 
@@ -266,9 +287,19 @@ def test_a_data_error_mid_run_saves_a_checkpoint_first(tmp_path, other_tokenizer
 
 @pytest.mark.parametrize(
     "override",
-    ["learning_rate=.nan", "learning_rate=.inf", "learning_rate=0", "clip_norm=-1", "beta1=2",
-     "beta2=1", "eps=-1", "eps=0", "weight_decay=-5", "min_lr_ratio=1.5"],
-)  # fmt: skip
+    [
+        "learning_rate=.nan",
+        "learning_rate=.inf",
+        "learning_rate=0",
+        "clip_norm=-1",
+        "beta1=2",
+        "beta2=1",
+        "eps=-1",
+        "eps=0",
+        "weight_decay=-5",
+        "min_lr_ratio=1.5",
+    ],
+)
 def test_optimizer_settings_are_range_checked(override):
     key = override.partition("=")[0]
     with pytest.raises(ConfigError, match=rf"^{key}=.* must be a finite number"):
@@ -303,8 +334,12 @@ def test_a_sequence_far_beyond_memory_is_refused_up_front(tmp_path, corpus):
 def test_a_mesh_that_does_not_fit_is_a_usage_error():
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "mesh.data=3", "mesh.fsdp=3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env=ENV,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
     assert result.returncode == 2, result.stderr
     assert "train.py: error: " in result.stderr and "mesh" in result.stderr
 

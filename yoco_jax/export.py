@@ -119,8 +119,15 @@ def check_export_target(folder, overwrite: bool = False) -> None:
 
 # Every file an export writes, in either layout (official, or fla's: yoco_jax/fla_layout.py):
 # replacing an export clears them all, so no file of the old one pairs with the new weights.
-EXPORT_FILES = ("params.json", "config.json", "generation_config.json", "model.safetensors",
-                TOKENIZER_FILE, "tokenizer.json", "tokenizer_config.json")  # fmt: skip
+EXPORT_FILES = (
+    "params.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    TOKENIZER_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
 
 
 def prepare_export(folder, config: ModelConfig, dtype: str, overwrite: bool) -> Path:
@@ -151,9 +158,13 @@ def save_weights(folder: Path, state: dict[str, np.ndarray], dtype: str) -> None
 
 
 def write_official(
-    folder, config: ModelConfig, params, dtype: str = "float32", tokenizer=None,
+    folder,
+    config: ModelConfig,
+    params,
+    dtype: str = "float32",
+    tokenizer=None,
     overwrite: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Writes `params.json`, `model.safetensors` (float32 or bfloat16) and, when given, the
     tokenizer as `tokenizer.model` into `folder` (see check_export_target)."""
     folder = prepare_export(folder, config, dtype, overwrite)

@@ -43,10 +43,15 @@ _TOP = {
     "cross_decoder.v_proj.weight": "model.shared_kv_builder.v_proj.weight",
 }
 _IN_LAYER = [
-    ("mixer_layer_norm.", "attn_norm."), ("final_layer_norm.", "mlp_norm."),
-    ("mixer.out_proj.", "attn.o_proj."), ("mixer.gt_proj.", "attn.gk_proj."), ("mixer.", "attn."),
-    ("ffn.fc1.", "mlp.gate_proj."), ("ffn.gate.", "mlp.up_proj."), ("ffn.fc2.", "mlp.down_proj."),
-]  # fmt: skip
+    ("mixer_layer_norm.", "attn_norm."),
+    ("final_layer_norm.", "mlp_norm."),
+    ("mixer.out_proj.", "attn.o_proj."),
+    ("mixer.gt_proj.", "attn.gk_proj."),
+    ("mixer.", "attn."),
+    ("ffn.fc1.", "mlp.gate_proj."),
+    ("ffn.gate.", "mlp.up_proj."),
+    ("ffn.fc2.", "mlp.down_proj."),
+]
 
 
 def fla_key(official: str) -> str:
@@ -94,25 +99,34 @@ def fla_config(config: ModelConfig, dtype: str, special_ids: dict) -> dict:
         "norm_eps": config.norm_eps,
         "max_position_embeddings": MAX_POSITIONS,
         "self_decoder_attn": {
-            "type": "gated_retention", "num_heads": config.n_self_heads,
-            "gate_logit_normalizer": GATE_LOGIT_NORMALIZER, **rope,
+            "type": "gated_retention",
+            "num_heads": config.n_self_heads,
+            "gate_logit_normalizer": GATE_LOGIT_NORMALIZER,
+            **rope,
         },
         "cross_decoder_attn": {
-            "num_heads": config.n_attn_heads, "num_kv_heads": config.n_attn_kv_heads,
-            "qkv_bias": False, "qk_norm": False, **rope,
+            "num_heads": config.n_attn_heads,
+            "num_kv_heads": config.n_attn_kv_heads,
+            "qkv_bias": False,
+            "qk_norm": False,
+            **rope,
         },
         "tie_word_embeddings": False,
         "attnres_block_size": None,
         "torch_dtype": dtype,
         "use_cache": True,
         **special_ids,
-    }  # fmt: skip
+    }
 
 
 def write_fla(
-    folder, config: ModelConfig, params, dtype: str = "float32", tokenizer=None,
+    folder,
+    config: ModelConfig,
+    params,
+    dtype: str = "float32",
+    tokenizer=None,
     overwrite: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Writes fla's layout (module docstring) into a new or empty `folder`; the tokenizer
     files only when `tokenizer` is given."""
     from yoco_jax.data.hf_tokenizer import special_ids, tokenizer_files
@@ -183,15 +197,20 @@ def read_fla(folder, **overrides) -> tuple[ModelConfig, dict]:
             "half the layers each, load here"
         )
     self_attn, cross = data.get("self_decoder_attn") or {}, data.get("cross_decoder_attn") or {}
-    config = from_dict({
-        "dim": data["hidden_size"], "n_layers": data["num_hidden_layers"],
-        "hidden_dim": data.get("intermediate_size") or _intermediate_size(data),
-        "n_self_heads": self_attn.get("num_heads", 6),
-        "n_attn_heads": cross.get("num_heads", 32),
-        "n_attn_kv_heads": cross.get("num_kv_heads", cross.get("num_heads", 32)),
-        "vocab_size": data.get("vocab_size", 32000), "norm_eps": data.get("norm_eps", 1e-6),
-        "rope_theta": self_attn.get("rope_theta", 1e4),
-    }, **overrides)  # fmt: skip
+    config = from_dict(
+        {
+            "dim": data["hidden_size"],
+            "n_layers": data["num_hidden_layers"],
+            "hidden_dim": data.get("intermediate_size") or _intermediate_size(data),
+            "n_self_heads": self_attn.get("num_heads", 6),
+            "n_attn_heads": cross.get("num_heads", 32),
+            "n_attn_kv_heads": cross.get("num_kv_heads", cross.get("num_heads", 32)),
+            "vocab_size": data.get("vocab_size", 32000),
+            "norm_eps": data.get("norm_eps", 1e-6),
+            "rope_theta": self_attn.get("rope_theta", 1e4),
+        },
+        **overrides,
+    )
     state = read_weights(folder)
     if data.get("tie_word_embeddings") and "model.embeddings.weight" in state:
         state.setdefault("lm_head.weight", state["model.embeddings.weight"])  # saved once if tied

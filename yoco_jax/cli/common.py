@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -135,3 +136,23 @@ def add_unverified_flag(parser) -> None:
 def one_line_warnings(prog: str) -> None:
     """Warnings (a damaged checkpoint step skipped, skipped data...) as `<prog>: warning: ...`."""
     warnings.formatwarning = lambda message, *_, **__: f"{prog}: warning: {message}\n"
+
+
+def mesh_flag(items):
+    """The mesh of `--mesh axis=size ...` (None without the flag): sizes as train.py's mesh.<axis>;
+    without a -1, a mesh smaller than the machine takes the first devices."""
+    if items is None:
+        return None
+    import jax  # here: a command's --help need not load jax
+
+    from yoco_jax import sharding
+    from yoco_jax.config_files import parse_overrides
+
+    axes = parse_overrides(items)
+    for axis, size in axes.items():
+        if type(size) is not int:
+            raise ValueError(f"--mesh {axis}={size!r}: the size must be an integer (-1 = the rest)")
+    devices = jax.devices()
+    if -1 not in axes.values():
+        devices = devices[: max(1, math.prod(axes.values()))]
+    return sharding.make_mesh(axes, devices)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import sys
 import time
@@ -27,17 +26,17 @@ from pathlib import Path
 
 import jax
 
-from yoco_jax import compile_cache, sharding
+from yoco_jax import compile_cache
 from yoco_jax.api import load_pretrained
 from yoco_jax.cli.common import (
     add_unverified_flag,
     available_bytes,
     integer,
+    mesh_flag,
     one_line_warnings,
     positive_int,
     reported,
 )
-from yoco_jax.config_files import parse_overrides
 from yoco_jax.data.tokenizer_resolver import find_tokenizer, no_tokenizer_message
 from yoco_jax.inference import placement
 from yoco_jax.inference.generate import generate
@@ -55,9 +54,11 @@ def _seed(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="infer.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+        prog="infer.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     p.add_argument("--checkpoint", required=True, help="training output or official folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text")
@@ -82,28 +83,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to text prompts")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
-    p.add_argument("--mesh", nargs="+", metavar="AXIS=SIZE", default=None,
-                   help="device mesh, the axes of train.py's mesh.<axis> (data, fsdp, context, "
-                        "tensor; -1 = the rest; else the first devices), e.g. --mesh context=4: "
-                        "prompts and cache split along their length over context")  # fmt: skip
+    p.add_argument(
+        "--mesh",
+        nargs="+",
+        metavar="AXIS=SIZE",
+        default=None,
+        help="device mesh, the axes of train.py's mesh.<axis> (data, fsdp, context, "
+        "tensor; -1 = the rest; else the first devices), e.g. --mesh context=4: "
+        "prompts and cache split along their length over context",
+    )
     add_unverified_flag(p)
     compile_cache.add_flag(p)
     return p
-
-
-def _mesh(items):
-    """The mesh of `--mesh axis=size ...` (None without the flag): sizes as train.py's mesh.<axis>;
-    without a -1, a mesh smaller than the machine takes the first devices."""
-    if items is None:
-        return None
-    axes = parse_overrides(items)
-    for axis, size in axes.items():
-        if type(size) is not int:
-            raise ValueError(f"--mesh {axis}={size!r}: the size must be an integer (-1 = the rest)")
-    devices = jax.devices()
-    if -1 not in axes.values():
-        devices = devices[: max(1, math.prod(axes.values()))]
-    return sharding.make_mesh(axes, devices)
 
 
 def _read_jsonl(path) -> list[dict]:
@@ -176,10 +167,13 @@ def _check_memory(model, token_lists, args, mesh) -> None:
     buckets = Buckets()  # what generate uses
     rows = placement.round_rows(buckets.batch_size(min(args.batch_size, len(token_lists))), mesh)
     positions = plan(
-        [len(t) for t in token_lists], args.max_new_tokens, buckets=buckets,
-        prefill_chunk=args.prefill_chunk or default_prefill_chunk(), max_len=args.max_len,
+        [len(t) for t in token_lists],
+        args.max_new_tokens,
+        buckets=buckets,
+        prefill_chunk=args.prefill_chunk or default_prefill_chunk(),
+        max_len=args.max_len,
         multiple=placement.context_size(mesh),
-    ).max_len  # fmt: skip
+    ).max_len
     need = cache_bytes(model.config, rows, positions) + 4 * rows * positions  # + output ids
     if mesh is not None and jax.devices()[0].platform != "cpu":  # CPU devices share the RAM
         need //= mesh.size  # about: rows over data, K/V over context (small states whole)
@@ -217,7 +211,10 @@ class _TextStream:
 def run(args, out=None, err=None) -> None:
     out, err = out or sys.stdout, err or sys.stderr
     _check_paths(args)
-    mesh = _mesh(args.mesh)
+    mesh = mesh_flag(args.mesh)
+    if mesh is not None:  # a mesh smaller than the machine leaves devices idle: say so
+        shape = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
+        err.write(f"mesh: {shape} on {mesh.size} of the {jax.device_count()} devices\n")
     items = _read_prompts(args)
     overrides = {"dtype": args.dtype} if args.dtype else {}
     model = load_pretrained(args.checkpoint, allow_unverified=args.allow_unverified, **overrides)
@@ -232,10 +229,17 @@ def run(args, out=None, err=None) -> None:
     ]
     _check_memory(model, token_lists, args, mesh)
     kwargs = dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, stop=_stop(args.stop), seed=args.seed, max_len=args.max_len,
-        tokenizer=tokenizer, prefill_chunk=args.prefill_chunk, mesh=mesh,
-    )  # fmt: skip
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop=_stop(args.stop),
+        seed=args.seed,
+        max_len=args.max_len,
+        tokenizer=tokenizer,
+        prefill_chunk=args.prefill_chunk,
+        mesh=mesh,
+    )
 
     start, generated = time.perf_counter(), 0
     if not args.input_jsonl:

@@ -20,6 +20,7 @@ from yoco_jax.cli.common import (
     add_unverified_flag,
     available_bytes,
     integer,
+    mesh_flag,
     one_line_warnings,
     positive_int,
     reported,
@@ -53,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
     p.add_argument("--model-name", help="the id /v1/models reports (default: folder name)")
     p.add_argument("--warmup", action="store_true", help="compile every shape before serving")
+    p.add_argument(
+        "--mesh",
+        nargs="+",
+        metavar="AXIS=SIZE",
+        default=None,
+        help="split the model over devices: --mesh tensor=N (the first N devices)",
+    )
     p.add_argument(
         "--prefix-cache-mb",
         type=float,
@@ -149,6 +157,7 @@ def main(argv=None) -> None:
             prefill_chunk=args.prefill_chunk,
             block=args.block,
             prefix_cache_bytes=int(args.prefix_cache_mb * 2**20),
+            mesh=mesh_flag(args.mesh),
         )
         source = None if args.chat_template is None else Path(args.chat_template).read_text()
         template = ChatTemplate(source, tokenizer)

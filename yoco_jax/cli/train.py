@@ -7,13 +7,17 @@
 Keys are those of yoco_jax.train.config.TrainConfig (see docs/training.md); `model.<key>=`,
 `data.<key>=` and `mesh.<axis>=` reach the model, data and mesh settings. Multi-host: the same
 command on every host with --coordinator-address, --num-processes and --process-id (or
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID). YOCO_DOCS_STEPS=N caps steps at N
+(how the docs tests run every documented training command quickly).
 """
 
 import argparse
+import os
 
 from yoco_jax import compile_cache, distributed
 from yoco_jax.cli.common import one_line_warnings, reported
+
+DOCS_STEPS = "YOCO_DOCS_STEPS"  # N: at most N steps (tests/test_docs_run.py runs the docs so)
 
 
 def main(argv=None):
@@ -38,7 +42,11 @@ def main(argv=None):
     # A bad key, missing data, a mismatched checkpoint: exit 2; a non-finite loss, a full disk:
     # exit 1. The message names the problem and the fix; the traceback only on request.
     with reported("train.py"):
-        train(load_train_config(args.config, args.overrides), restart=args.restart)
+        config = load_train_config(args.config, args.overrides)
+        if os.environ.get(DOCS_STEPS):  # the docs tests shorten every documented training run
+            steps = f"steps={min(config.steps, int(os.environ[DOCS_STEPS]))}"
+            config = load_train_config(args.config, [*args.overrides, steps])
+        train(config, restart=args.restart)
 
 
 if __name__ == "__main__":

@@ -75,10 +75,18 @@ def tokenizer_json(proto) -> dict:
     pieces = list(proto.pieces)
     unk = next(p.piece for p in pieces if p.type == UNKNOWN)
     special = [
-        {"id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": True}
-        for i, p in enumerate(pieces) if p.type in (CONTROL, UNKNOWN)
-    ]  # fmt: skip
+        {
+            "id": i,
+            "content": p.piece,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, p in enumerate(pieces)
+        if p.type in (CONTROL, UNKNOWN)
+    ]
     return {
         "version": "1.0",
         "truncation": None,

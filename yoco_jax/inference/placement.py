@@ -44,8 +44,8 @@ def check_mesh(config: ModelConfig, mesh: Mesh | None) -> None:
         )
     if config.arch == "transformer" and context_size(mesh) > 1:
         raise ValueError(
-            "the Transformer baseline has no context-parallel attention: use a YOCO model or "
-            "a mesh with context=1"
+            f"mesh context={context_size(mesh)}: the Transformer baseline has no "
+            "context-parallel attention; use a YOCO model or a mesh with context=1"
         )
 
 

@@ -11,6 +11,11 @@ from yoco_jax.model.handle import ModelHandle
 
 def as_token_lists(prompts, tokenizer=None, add_bos: bool = False):
     """(list of token lists, single) from a string, a token list, or a list of either."""
+    if not isinstance(prompts, (str, Sequence, np.ndarray)):
+        raise ValueError(
+            f"prompts must be a string, a list of token ids, or a list of either; got "
+            f"{type(prompts).__name__}"
+        )
     single = isinstance(prompts, str) or (
         len(prompts) > 0 and all(isinstance(t, (int, np.integer)) for t in prompts)
     )

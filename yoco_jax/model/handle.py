@@ -28,9 +28,13 @@ class ModelHandle:
             raise ValueError(
                 f"tokens must be a 2-D int array [batch, time], got shape {tokens.shape}"
             )
+        if tokens.size == 0:
+            raise ValueError(
+                f"tokens of shape {tokens.shape} are empty: give at least one row of one token"
+            )
         if not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}")
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+        if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise ValueError(
                 f"token ids must lie in [0, {self.config.vocab_size}) (the vocabulary); got "
                 f"min {tokens.min()}, max {tokens.max()}"

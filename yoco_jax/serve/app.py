@@ -14,13 +14,12 @@ Handlers run on the event loop; the engine runs in its own thread and hands even
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
 
 from yoco_jax.serve.chat import ChatTemplate, parse_chat
-from yoco_jax.serve.choices import Call, chat_choice, completion_choice, usage
+from yoco_jax.serve.choices import RETRY_AFTER_S, Call, chat_choice, completion_choice, usage
 from yoco_jax.serve.engine import Closed, Engine, QueueFull, Request
 from yoco_jax.serve.http import (
     JSONResponse,
@@ -29,17 +28,14 @@ from yoco_jax.serve.http import (
     Route,
     Starlette,
     StreamingResponse,
-    disconnected,
     error_response,
     read_json,
     run_in_threadpool,
-    sse,
 )
 from yoco_jax.serve.prefix import PrefixStore
 from yoco_jax.serve.schema import ApiError, parse_completion
 from yoco_jax.serve.tokenizer_api import tokenizer_routes
 
-RETRY_AFTER_S = 1
 # The largest body read, per position of --max-len: a sentencepiece piece is at most 16
 # characters (64 UTF-8 bytes) and a token id in JSON at most 8, so a prompt that fits the
 # context fits this; anything larger is refused (413) before it is read whole or tokenized.
@@ -151,9 +147,9 @@ def create_app(
 
         if p.stream:
             first = [piece(i, t) for i, t in enumerate(prompt_texts)] if p.echo else []
-            events = _stream(call, piece, first, p.include_usage, head, p.n)
+            events = call.stream(piece, first, p.include_usage, head, p.n)
             return StreamingResponse(events, media_type="text/event-stream")
-        results = await _collect(request, call)
+        results = await call.collect(request)
         if isinstance(results, Response):
             return results
         choices = [
@@ -202,60 +198,13 @@ def create_app(
                 }
                 for i in range(len(reqs))
             ]
-            events = _stream(call, piece, hello, p.include_usage, head, p.n)
+            events = call.stream(piece, hello, p.include_usage, head, p.n)
             return StreamingResponse(events, media_type="text/event-stream")
-        results = await _collect(request, call)
+        results = await call.collect(request)
         if isinstance(results, Response):
             return results
         choices = [chat_choice(i, res) for i, res in enumerate(results)]
         return JSONResponse({**head, "choices": choices, "usage": usage(results, p.n)})
-
-    async def _stream(call, piece, first, include_usage, head, n):
-        try:
-            for chunk in first:
-                yield sse(chunk)
-            results = [None] * len(call.requests)
-            async for index, kind, data in call.events():
-                if kind == "delta":
-                    yield sse(piece(index, data[0], None, data[1]))
-                elif kind == "done":
-                    results[index] = data
-                    yield sse(piece(index, "", data.finish_reason))
-                elif kind == "error":
-                    yield sse(ApiError(data, None, "engine_error", 500, "server_error").body())
-                    call.cancel()
-            if include_usage and all(results):
-                yield sse({**head, "choices": [], "usage": usage(results, n)})
-            yield "data: [DONE]\n\n"
-        finally:  # also when the client disconnects (the response task is cancelled)
-            call.cancel()
-
-    async def _collect(request, call):
-        """Every choice's Result, or the Response that ends the call early."""
-        watcher = asyncio.ensure_future(disconnected(request))
-        getter = asyncio.ensure_future(call.results())
-        try:
-            await asyncio.wait({watcher, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                call.cancel()
-                return Response(status_code=499)  # nobody reads it
-            results = getter.result()
-            for kind, data in results:
-                if kind == "error":
-                    return error_response(ApiError(data, None, "engine_error", 500, "server_error"))
-                if kind == "cancelled":
-                    busy = ApiError(
-                        "the server is shutting down; retry later",
-                        None,
-                        "overloaded",
-                        503,
-                        "server_error",
-                    )
-                    return error_response(busy, {"Retry-After": str(RETRY_AFTER_S)})
-            return [data for _, data in results]
-        finally:
-            watcher.cancel()
-            getter.cancel()
 
     async def models(request):
         card = {
@@ -274,7 +223,7 @@ def create_app(
         )
 
     async def metrics(request):
-        text = engine.metrics.render(*engine.load())
+        text = engine.metrics.render(*engine.load(), engine.prefix_cache)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
-from yoco_jax.serve.engine import Closed, QueueFull
-from yoco_jax.serve.request import Request, Result
+from yoco_jax.serve.http import Response, disconnected, error_response, sse
+from yoco_jax.serve.request import Closed, QueueFull, Request, Result
+from yoco_jax.serve.schema import ApiError
+
+RETRY_AFTER_S = 1
 
 FINAL = ("done", "error", "cancelled")
 
@@ -62,6 +65,55 @@ class Call:
         async for index, kind, data in self.events():
             out[index] = (kind, data)
         return out
+
+    async def stream(self, piece, first, include_usage: bool, head: dict, n: int):
+        """Server-sent events: `first` chunks, then each choice's deltas and end (as
+        `piece(index, text, finish, ids)` builds them), usage, [DONE]."""
+        try:
+            for chunk in first:
+                yield sse(chunk)
+            results = [None] * len(self.requests)
+            async for index, kind, data in self.events():
+                if kind == "delta":
+                    yield sse(piece(index, data[0], None, data[1]))
+                elif kind == "done":
+                    results[index] = data
+                    yield sse(piece(index, "", data.finish_reason))
+                elif kind == "error":
+                    yield sse(ApiError(data, None, "engine_error", 500, "server_error").body())
+                    self.cancel()
+            if include_usage and all(results):
+                yield sse({**head, "choices": [], "usage": usage(results, n)})
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client disconnects (the response task is cancelled)
+            self.cancel()
+
+    async def collect(self, request):
+        """Every choice's Result, or the Response that ends the call early."""
+        watcher = asyncio.ensure_future(disconnected(request))
+        getter = asyncio.ensure_future(self.results())
+        try:
+            await asyncio.wait({watcher, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                self.cancel()
+                return Response(status_code=499)  # nobody reads it
+            results = getter.result()
+            for kind, data in results:
+                if kind == "error":
+                    return error_response(ApiError(data, None, "engine_error", 500, "server_error"))
+                if kind == "cancelled":
+                    busy = ApiError(
+                        "the server is shutting down; retry later",
+                        None,
+                        "overloaded",
+                        503,
+                        "server_error",
+                    )
+                    return error_response(busy, {"Retry-After": str(RETRY_AFTER_S)})
+            return [data for _, data in results]
+        finally:
+            watcher.cancel()
+            getter.cancel()
 
 
 def usage(results: list[Result], n: int) -> dict:

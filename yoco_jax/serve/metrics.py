@@ -71,20 +71,31 @@ class Metrics:
                 self.recent.popleft()
             return sum(n for _, n in self.recent) / RATE_WINDOW_S
 
-    def render(self, queue_depth: int, live: int) -> str:
+    def render(self, queue_depth: int, live: int, prefix=None) -> str:
+        """Prometheus text; `prefix`: the engine's PrefixCache (its hits and memory)."""
         rate = self.tokens_per_s()
+        gauges = {
+            "yoco_queue_depth": queue_depth,
+            "yoco_live_slots": live,
+            "yoco_slots": self.slots,
+            "yoco_tokens_per_second": f"{rate:.3f}",
+        }
+        counters = {
+            "yoco_generated_tokens_total": self.generated,
+            "yoco_prompt_tokens_total": self.prompt_tokens,
+        }
+        if prefix is not None:
+            gauges["yoco_prefix_cache_bytes"] = prefix.bytes
+            gauges["yoco_prefix_cache_entries"] = len(prefix)
+            counters["yoco_prefix_cache_hits_total"] = prefix.hits
+            counters["yoco_prefix_cache_misses_total"] = prefix.misses
+            counters["yoco_prefix_cache_tokens_total"] = prefix.hit_tokens
+        lines = []
+        for kind, values in (("gauge", gauges), ("counter", counters)):
+            for name, value in values.items():
+                lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
         with self.lock:
-            lines = [
-                "# TYPE yoco_queue_depth gauge", f"yoco_queue_depth {queue_depth}",
-                "# TYPE yoco_live_slots gauge", f"yoco_live_slots {live}",
-                "# TYPE yoco_slots gauge", f"yoco_slots {self.slots}",
-                "# TYPE yoco_tokens_per_second gauge", f"yoco_tokens_per_second {rate:.3f}",
-                "# TYPE yoco_generated_tokens_total counter",
-                f"yoco_generated_tokens_total {self.generated}",
-                "# TYPE yoco_prompt_tokens_total counter",
-                f"yoco_prompt_tokens_total {self.prompt_tokens}",
-                "# TYPE yoco_requests_total counter",
-            ]  # fmt: skip
+            lines += ["# TYPE yoco_requests_total counter"]
             lines += [f'yoco_requests_total{{outcome="{k}"}} {v}' for k, v in self.requests.items()]
             lines += ["# TYPE yoco_time_to_first_token_seconds histogram"]
             lines += self.ttft.lines("yoco_time_to_first_token_seconds")

@@ -56,6 +56,7 @@ class RowPrefill:
         *,
         score: int | None = None,
         keep: Callable | None = None,
+        mesh=None,
     ):
         n = len(tokens)
         self.start = 0 if prefix is None else prefix[2]
@@ -82,6 +83,7 @@ class RowPrefill:
                 prefill_chunk=min(chunk, width),
                 targets=targets,
                 top=max(score or 1, 1),
+                mesh=mesh,
             )
 
     def decode_state(self, req, buffer: int, max_len: int, logprobs: int) -> DecodeState:
@@ -109,7 +111,9 @@ class RowPrefill:
         return width
 
 
-def start_row_prefill(model, req, buckets: Buckets, chunk: int, prefix_cache) -> RowPrefill:
+def start_row_prefill(
+    model, req, buckets: Buckets, chunk: int, prefix_cache, mesh=None
+) -> RowPrefill:
     """A request's prefill: from its saved cache, or from the longest prefix-cache hit (prompt
     scoring runs whole), storing its states in the prefix cache on the way."""
     tokens, prefix, keep = req.tokens, req.prefix, None
@@ -119,4 +123,4 @@ def start_row_prefill(model, req, buckets: Buckets, chunk: int, prefix_cache) ->
             prefix, tokens = (hit[1], hit[2], hit[0]), tokens[hit[0] :]
         keep = lambda p, cache, logits: prefix_cache.store(req.tokens[:p], cache, logits)
     score = req.logprobs if req.scores_prompt else None
-    return RowPrefill(model, tokens, buckets, chunk, prefix, score=score, keep=keep)
+    return RowPrefill(model, tokens, buckets, chunk, prefix, score=score, keep=keep, mesh=mesh)

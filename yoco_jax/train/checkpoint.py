@@ -100,9 +100,11 @@ class Checkpointer:
             what, sums = f"checkpoint step {step}", restored.checksums
             for name, value in restored.state._asdict().items():
                 verify(sums["state"][name], tree_checksums(value), f"{what} {name}")
-            verify({"data": sums["data"], "config": sums["config"]},
-                   {"data": json_checksum(restored.data), "config": json_checksum(restored.config)},
-                   what)  # fmt: skip
+            verify(
+                {"data": sums["data"], "config": sums["config"]},
+                {"data": json_checksum(restored.data), "config": json_checksum(restored.config)},
+                what,
+            )
         state = restored.state
         if is_stacked(target.params) != saved_scanned:
             state = jax.tree.map(

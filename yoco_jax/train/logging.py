@@ -13,8 +13,16 @@ import warnings
 import jax
 
 # Dense bf16 peak FLOP/s per device, for the MFU estimate (None: unknown, no MFU logged).
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
-              "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}  # fmt: skip
+PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
 
 
 def peak_flops(device: jax.Device) -> float | None:

@@ -14,6 +14,7 @@ import yaml
 from yoco_jax import sharding
 from yoco_jax.data.tokenizer_resolver import TOKENIZER_FILE, load_tokenizer
 from yoco_jax.errors import ConfigError
+from yoco_jax.inference import placement
 from yoco_jax.train.batches import GlobalBatches
 from yoco_jax.train.checkpoint import Checkpointer, check_compatible
 from yoco_jax.train.config import TrainConfig
@@ -38,16 +39,12 @@ def train(config: TrainConfig, *, restart: bool = False) -> dict:
             f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocab_size is "
             f"{model_config.vocab_size}; set model.vocab_size={tokenizer.vocab_size} or more"
         )
+    mesh = _mesh(config, model_config)
     with RunLock(config.output_dir):  # before anything in the folder is read or written
         if restart:
             clear_run(config.output_dir, restart=True, keep=inputs(config))
-        return _train(config, model_config, tokenizer)
-
-
-def _train(config: TrainConfig, model_config, tokenizer) -> dict:
-    mesh = _mesh(config)
-    with sharding.use_mesh(mesh):  # once per run: every trace, step and save sees the mesh
-        return _train_in_mesh(config, model_config, tokenizer, mesh)
+        with sharding.use_mesh(mesh):  # once per run: every trace, step and save sees the mesh
+            return _train_in_mesh(config, model_config, tokenizer, mesh)
 
 
 def _train_in_mesh(config: TrainConfig, model_config, tokenizer, mesh) -> dict:
@@ -142,10 +139,12 @@ def _train_in_mesh(config: TrainConfig, model_config, tokenizer, mesh) -> dict:
     return run.last_metrics
 
 
-def _mesh(config: TrainConfig):
-    """The device mesh; a layout that does not fit the devices is a config error (exit 2)."""
+def _mesh(config: TrainConfig, model_config):
+    """The device mesh; a layout that does not fit the devices or the model (a Transformer split
+    over `context`) is a config error (exit 2)."""
     try:
         mesh = sharding.make_mesh(config.mesh)
+        placement.check_mesh(model_config, mesh)
         sharding.check_batch_divides(
             config.batch_size // config.grad_accum,
             mesh,

@@ -97,5 +97,6 @@ def _progress_bar(config: TrainConfig, start: int):
     from tqdm import tqdm
 
     enabled = config.progress and jax.process_index() == 0
-    return tqdm(total=config.steps, initial=start, disable=not enabled, dynamic_ncols=True,
-                unit="step")  # fmt: skip
+    return tqdm(
+        total=config.steps, initial=start, disable=not enabled, dynamic_ncols=True, unit="step"
+    )
