@@ -13,11 +13,13 @@ from pathlib import Path
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from yoco_jax import inference
 from yoco_jax.config import ModelConfig, get_config
 from yoco_jax.export import write_official
+from yoco_jax.inference import placement
 from yoco_jax.model import build_model
 from yoco_jax.model.handle import ModelHandle
 from yoco_jax.pretrained import load_handle, with_runtime
@@ -34,9 +36,18 @@ class Model(ModelHandle):
     def module(self) -> nn.Module:
         return build_model(self.config)
 
-    def logits(self, tokens) -> jax.Array:
-        """float32 logits [B, T, vocab] for int tokens [B, T]."""
-        return _logits(self.config, self.params, self.check_tokens(tokens))
+    def logits(self, tokens, *, segment_ids=None, mesh: Mesh | None = None) -> jax.Array:
+        """float32 logits [B, T, vocab] for int tokens [B, T]. `segment_ids` [B, T] (1, 2, ...
+        per packed document, 0 on padding): every document computed as if it were alone
+        (positions restart, no state or attention across documents). `mesh`
+        (`yoco_jax.sharding.make_mesh`): rows over its data axes, the sequence split along its
+        length over `context`, as in training."""
+        tokens = self.check_tokens(tokens)
+        if segment_ids is not None:
+            segment_ids = _check_segment_ids(segment_ids, tokens.shape)
+        with placement.use(mesh):
+            params = placement.place_params(self.config, self.params, mesh)
+            return _logits(self.config, params, tokens, segment_ids, mesh)
 
     def generate(self, prompts, max_new_tokens: int = 32, *, mesh: Mesh | None = None, **kwargs):
         """Completions of token-list or text prompts: temperature, top_k, top_p, stop, seed...
@@ -74,9 +85,20 @@ class Model(ModelHandle):
         return Model(*with_runtime(self.config, self.params, **overrides), self.tokenizer)
 
 
-@jax.jit(static_argnums=0)
-def _logits(config: ModelConfig, params, tokens):
-    return build_model(config).apply({"params": params}, tokens)
+def _check_segment_ids(segment_ids, shape: tuple[int, int]) -> np.ndarray:
+    """int32 segment ids shaped like the tokens, or a clear error."""
+    segment_ids = np.asarray(segment_ids)
+    if segment_ids.shape != shape or not np.issubdtype(segment_ids.dtype, np.integer):
+        raise ValueError(
+            f"segment_ids must be integers shaped like the tokens {shape}, got "
+            f"{segment_ids.dtype} {segment_ids.shape}"
+        )
+    return segment_ids.astype(np.int32)
+
+
+@jax.jit(static_argnums=(0, 4))
+def _logits(config: ModelConfig, params, tokens, segment_ids, mesh):  # mesh: a cache key
+    return build_model(config).apply({"params": params}, tokens, segment_ids=segment_ids)
 
 
 def init(config: ModelConfig | str, seed: int = 0) -> Model:

@@ -32,6 +32,7 @@ class SlidingWindowAttention(nn.Module):
         positions: Int[Array, "B T"],
         cache: WindowKV | None = None,
         valid: Bool[Array, "B T"] | None = None,
+        segment_ids: Int[Array, "B T"] | None = None,
         fresh: bool = False,
     ) -> tuple[Float[Array, "B T D"], WindowKV | None]:
         cfg = self.config
@@ -41,7 +42,7 @@ class SlidingWindowAttention(nn.Module):
 
         new_cache = None
         if cache is None or fresh:
-            o = attend(q, k, v, causal(positions, w), cfg)
+            o = attend(q, k, v, causal(positions, w, segment_ids), cfg)
         else:
             # Ring + chunk laid out in position order: the chunk-vs-cache path (padding keys
             # sit after every real query, so causality hides them).
@@ -70,11 +71,13 @@ class CrossAttention(nn.Module):
         kv_positions: Int[Array, "*n B S"] | None = None,
         k_scale: Float[Array, "B S Hkv"] | None = None,
         v_scale: Float[Array, "B S Hkv"] | None = None,
+        segments: tuple[Int[Array, "B T"], Int[Array, "*n B S"]] | None = None,
     ) -> tuple[Float[Array, "B T D"], None]:
         """Without `lengths`, T == S (training); with it, x holds each sequence's last T tokens.
         `kv_positions` (from `context_parallel.gather_kv`): x is split over the context axis and
         k, v are whole, one copy per device stacked in front ([n, B, S, Hkv, Dh]).
-        `k_scale`, `v_scale`: k, v are an int8 cache (model/cache.py QuantizedKV)."""
+        `k_scale`, `v_scale`: k, v are an int8 cache (model/cache.py QuantizedKV).
+        `segments`: packed documents, the queries' and keys' segment ids (without `lengths`)."""
         cfg = self.config
         b, t, dim = x.shape
         q = _dense(cfg, dim, ("embed", "heads"), "q_proj")(x)
@@ -83,9 +86,9 @@ class CrossAttention(nn.Module):
         )
         q = checkpoint_name(q, "qkv")
         if kv_positions is not None:
-            visibility = gathered(positions, kv_positions)
+            visibility = gathered(positions, kv_positions, segments)
         elif lengths is None:
-            visibility = causal(positions)
+            visibility = causal(positions, segment_ids=None if segments is None else segments[0])
         else:
             visibility = cached(lengths)
         o = attend(q, k, v, visibility, cfg, k_scale=k_scale, v_scale=v_scale)
@@ -105,6 +108,7 @@ class SelfAttention(nn.Module):
         positions: Int[Array, "B T"],
         cache: KVCache | QuantizedKV | None = None,
         valid: Bool[Array, "B T"] | None = None,
+        segment_ids: Int[Array, "B T"] | None = None,
         fresh: bool = False,
     ) -> tuple[Float[Array, "B T D"], KVCache | QuantizedKV | None]:
         cfg = self.config
@@ -115,7 +119,7 @@ class SelfAttention(nn.Module):
         if cache is not None:
             new_cache = cache.write(k, v, positions, valid)
         if cache is None or fresh:
-            o = attend(q, k, v, causal(positions), cfg)
+            o = attend(q, k, v, causal(positions, segment_ids=segment_ids), cfg)
         else:
             k_scale, v_scale = new_cache.scales
             visibility = cached(positions[:, 0] + t)

@@ -8,10 +8,26 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, Real
 
 from yoco_jax.config import ModelConfig
 from yoco_jax.model.layers import Embed, Linear, RMSNorm
+from yoco_jax.ops.documents import document_positions
 
 
 def default_positions(tokens: Int[ArrayLike, "B T"]) -> Int[Array, "B T"]:
     return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+def sequence_layout(
+    tokens: Int[ArrayLike, "B T"],
+    positions: Int[ArrayLike, "B T"] | None,
+    segment_ids: Int[ArrayLike, "B T"] | None,
+) -> tuple[Int[Array, "B T"], Int[Array, "B T"] | None]:
+    """A whole sequence's (positions, segment ids as an array or None): positions default to
+    0, 1, ... along each row, restarting at each packed document where `segment_ids` say."""
+    if segment_ids is not None:
+        segment_ids = jnp.asarray(segment_ids, jnp.int32)
+    if positions is None:
+        no_documents = segment_ids is None
+        positions = default_positions(tokens) if no_documents else document_positions(segment_ids)
+    return positions, segment_ids
 
 
 def new_token_layout(
@@ -52,10 +68,15 @@ class LanguageModel(nn.Module):
         )
 
     def __call__(
-        self, tokens: Int[ArrayLike, "B T"], positions: Int[ArrayLike, "B T"] | None = None
+        self,
+        tokens: Int[ArrayLike, "B T"],
+        positions: Int[ArrayLike, "B T"] | None = None,
+        segment_ids: Int[ArrayLike, "B T"] | None = None,
     ) -> Float[Array, "B T V"]:
-        """float32 logits for every position."""
-        return self.output_projection(self.hidden(tokens, positions)).astype(jnp.float32)
+        """float32 logits for every position; `segment_ids` (1, 2, ... per packed document, 0 on
+        padding): each document computed as if alone (ops/documents.py)."""
+        hidden = self.hidden(tokens, positions, segment_ids)
+        return self.output_projection(hidden).astype(jnp.float32)
 
     def logits_all(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
         """float32 logits of un-normed final states."""

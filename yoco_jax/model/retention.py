@@ -14,6 +14,7 @@ from yoco_jax.config import ModelConfig
 from yoco_jax.model.cache import RetentionState
 from yoco_jax.model.layers import Linear, RMSNorm, project_qkv, xavier_uniform
 from yoco_jax.ops import context_retention, retention_kernel
+from yoco_jax.ops.documents import document_starts
 from yoco_jax.ops.retention import recurrent_retention
 
 GATE_LOGIT_NORMALIZER = 16  # gamma = sigmoid(x W)^(1/16)
@@ -31,6 +32,7 @@ class GatedRetention(nn.Module):
         positions: Int[Array, "B T"],
         cache: RetentionState | None = None,
         valid: Bool[Array, "B T"] | None = None,
+        segment_ids: Int[Array, "B T"] | None = None,
         fresh: bool = False,
     ) -> tuple[Float[Array, "B T D"], RetentionState | None]:
         cfg = self.config
@@ -53,10 +55,12 @@ class GatedRetention(nn.Module):
             retention_kernel.chunkwise, impl=cfg.retention_impl, **cfg.kernel_options
         )
         split = sharding.tracing().context_size > 1  # the sequence split over devices
+        starts = None if segment_ids is None else document_starts(segment_ids)  # packed
         if cache is None and split:
-            o, new_cache = context_retention.retention(q, k, v, log_gate, cfg.chunk_size), None
+            o = context_retention.retention(q, k, v, log_gate, cfg.chunk_size, starts=starts)
+            new_cache = None
         elif cache is None:
-            o, _ = chunkwise(q, k, v, log_gate, cfg.chunk_size)
+            o, _ = chunkwise(q, k, v, log_gate, cfg.chunk_size, starts=starts)
             new_cache = None
         elif t == 1:
             o, state = recurrent_retention(q[:, 0], k[:, 0], v[:, 0], log_gate[:, 0], cache.state)

@@ -35,7 +35,7 @@ def make_layers(cfg: ModelConfig, mixer: str, n: int):
         return [cls(cfg, mixer) for _ in range(n)]
     # Arguments: positions, fresh (static), mixer_args; a self-mixer's per-layer caches are
     # scanned over, everything else is the same for every layer.
-    args = (nn.broadcast,) * 6 if mixer == "cross" else (0, nn.broadcast)
+    args = (nn.broadcast,) * 7 if mixer == "cross" else (0, nn.broadcast, nn.broadcast)
     scanned = nn.scan(
         cls,
         variable_axes={"params": 0},
@@ -47,22 +47,26 @@ def make_layers(cfg: ModelConfig, mixer: str, n: int):
     return scanned(cfg, mixer)
 
 
-def run_layers(layers, x, positions, fresh: bool = False, caches=None, valid=None):
-    """Self-mixer layers over `x` [B, T, D]: (x, new per-layer caches, None without caches)."""
+def run_layers(
+    layers, x, positions, fresh: bool = False, caches=None, valid=None, segment_ids=None
+):
+    """Self-mixer layers over `x` [B, T, D]: (x, new per-layer caches, None without caches);
+    `segment_ids` [B, T]: packed documents (ops/documents.py)."""
     if isinstance(layers, list | tuple):
         new = []
         for i, layer in enumerate(layers):
-            x, c = layer(x, positions, fresh, (None if caches is None else caches[i], valid))
+            cache = None if caches is None else caches[i]
+            x, c = layer(x, positions, fresh, (cache, valid, segment_ids))
             new.append(c)
         return x, None if caches is None else tuple(new)
     stacked = None if caches is None else _stack(caches)
-    x, new = layers(x, positions, fresh, (stacked, valid))
+    x, new = layers(x, positions, fresh, (stacked, valid, segment_ids))
     return x, None if caches is None else _split(new, len(caches))
 
 
 def run_cross(layers, x, positions, mixer_args: tuple):
     """Cross-decoder layers, every one reading the same `mixer_args` (k, v, lengths, kv_pos,
-    k_scale, v_scale)."""
+    k_scale, v_scale, segments)."""
     if isinstance(layers, list | tuple):
         for layer in layers:
             x, _ = layer(x, positions, False, mixer_args)

@@ -10,9 +10,9 @@ from yoco_jax.model.cache import TransformerCache
 from yoco_jax.model.lm import (
     LanguageModel,
     check_logits,
-    default_positions,
     last_tokens,
     new_token_layout,
+    sequence_layout,
 )
 from yoco_jax.model.scan import make_layers, run_layers
 
@@ -26,15 +26,18 @@ class Transformer(LanguageModel):
         cfg = self.config
         self.layers = make_layers(cfg, "attention", cfg.n_layers)
 
-    def _run(self, tokens, positions, caches=None, valid=None, fresh=False):
+    def _run(self, tokens, positions, caches=None, valid=None, fresh=False, segment_ids=None):
         x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
-        return run_layers(self.layers, x, positions, fresh, caches, valid)
+        return run_layers(self.layers, x, positions, fresh, caches, valid, segment_ids)
 
     def hidden(
-        self, tokens: Int[ArrayLike, "B T"], positions: Int[ArrayLike, "B T"] | None = None
+        self,
+        tokens: Int[ArrayLike, "B T"],
+        positions: Int[ArrayLike, "B T"] | None = None,
+        segment_ids: Int[ArrayLike, "B T"] | None = None,
     ) -> Float[Array, "B T D"]:
-        positions = default_positions(tokens) if positions is None else positions
-        return self.layer_norm(self._run(tokens, positions)[0])
+        positions, segment_ids = sequence_layout(tokens, positions, segment_ids)
+        return self.layer_norm(self._run(tokens, positions, segment_ids=segment_ids)[0])
 
     def extend(
         self,

@@ -13,9 +13,9 @@ from yoco_jax.model.layers import Linear, RMSNorm
 from yoco_jax.model.lm import (
     LanguageModel,
     check_logits,
-    default_positions,
     last_tokens,
     new_token_layout,
+    sequence_layout,
 )
 from yoco_jax.model.rotary import apply_rotary
 from yoco_jax.model.scan import make_layers, run_cross, run_layers
@@ -32,9 +32,9 @@ class SelfDecoder(nn.Module):
         mixer = "window" if cfg.sliding_window is not None else "retention"
         self.layers = make_layers(cfg, mixer, cfg.half_layers)
 
-    def __call__(self, x, positions, caches=None, valid=None, fresh=False):
+    def __call__(self, x, positions, caches=None, valid=None, fresh=False, segment_ids=None):
         """Returns the output and the new per-layer caches (None without caches)."""
-        return run_layers(self.layers, x, positions, fresh, caches, valid)
+        return run_layers(self.layers, x, positions, fresh, caches, valid, segment_ids)
 
 
 class CrossDecoder(nn.Module):
@@ -59,9 +59,21 @@ class CrossDecoder(nn.Module):
         k = apply_rotary(self.k_proj(h).reshape(shape), positions, cfg.rope_theta)
         return k, self.v_proj(h).reshape(shape)
 
-    def __call__(self, x, positions, k, v, lengths=None, kv_positions=None, scales=(None, None)):
-        """`scales`: (k_scale, v_scale) of int8 K/V (a QuantizedKV cache), else Nones."""
-        return run_cross(self.layers, x, positions, (k, v, lengths, kv_positions, *scales))
+    def __call__(
+        self,
+        x,
+        positions,
+        k,
+        v,
+        lengths=None,
+        kv_positions=None,
+        scales=(None, None),
+        segments=None,
+    ):
+        """`scales`: (k_scale, v_scale) of int8 K/V (a QuantizedKV cache), else Nones;
+        `segments`: packed documents' (query, key) segment ids."""
+        args = (k, v, lengths, kv_positions, *scales, segments)
+        return run_cross(self.layers, x, positions, args)
 
 
 class YOCO(LanguageModel):
@@ -78,22 +90,32 @@ class YOCO(LanguageModel):
         self.cross_decoder = CrossDecoder(self.config)
 
     def hidden(
-        self, tokens: Int[ArrayLike, "B T"], positions: Int[ArrayLike, "B T"] | None = None
+        self,
+        tokens: Int[ArrayLike, "B T"],
+        positions: Int[ArrayLike, "B T"] | None = None,
+        segment_ids: Int[ArrayLike, "B T"] | None = None,
     ) -> Float[Array, "B T D"]:
-        """Final-normed hidden states (before the output projection)."""
-        positions = default_positions(tokens) if positions is None else positions
+        """Final-normed hidden states (before the output projection); `segment_ids`: packed
+        documents, each computed as if alone (ops/documents.py)."""
+        positions, segment_ids = sequence_layout(tokens, positions, segment_ids)
         x = nn.with_logical_constraint(self.embed_tokens(tokens), ACTIVATION_AXES)
-        x, _ = self.self_decoder(x, positions)
+        x, _ = self.self_decoder(x, positions, segment_ids=segment_ids)
         k, v = self.cross_decoder.project_kv(x, positions)
         if sharding.tracing().context_size > 1:  # one gather of the global K/V (or the ring)
-            k, v, kv_pos = context_parallel.gather_kv(
-                k, v, positions, self.config.context_attention
+            k, v, kv_pos, kv_seg = context_parallel.gather_kv(
+                k, v, positions, self.config.context_attention, segment_ids
             )
             # Zig-zag order for the cross-decoder (per token but for attention): equal causal work.
-            x, positions = map(context_parallel.balance, (x, positions))
-            x = self.cross_decoder(x, positions, k, v, None, kv_pos)
+            x, positions, seg = (
+                None if a is None else context_parallel.balance(a)
+                for a in (x, positions, segment_ids)
+            )
+            segments = None if seg is None else (seg, kv_seg)
+            x = self.cross_decoder(x, positions, k, v, None, kv_pos, segments=segments)
             return self.layer_norm(context_parallel.unbalance(x))
-        return self.layer_norm(self.cross_decoder(x, positions, k, v))
+        segments = None if segment_ids is None else (segment_ids, segment_ids)
+        h = self.cross_decoder(x, positions, k, v, segments=segments)
+        return self.layer_norm(h)
 
     def extend(
         self,

@@ -8,7 +8,8 @@ within a window (keys in (p - window, p]):
   `lengths[b]` entries (decode, a prefill chunk);
 - `gathered(positions, kv_positions)`: q the local slice of a sequence split over the context
   axis, k and v the global K/V from `context_parallel.gather_kv` (YOCO's cross-decoder).
-Packed documents would add one more field (segment ids) that every path masks by.
+Packed documents add one more field, `segments` (the queries' and keys' segment ids,
+ops/documents.py): every path also masks keys of another segment out.
 An int8 cache (`kv_cache_dtype=int8`, model/cache.py QuantizedKV) comes with its float32
 scales, `k_scale` and `v_scale` `[B, Tk, Hkv]`, beside k and v: every cached path dequantizes
 where it reads (the kernels and the blocked softmax one key block at a time).
@@ -46,19 +47,31 @@ class Visibility:
     positions: Int[Array, "B Tq"] | None = None  # causal, gathered: the queries' positions
     lengths: Int[Array, " B"] | None = None  # cached: entries of each row, new ones included
     kv_positions: Int[Array, "*n B Tk"] | None = None  # gathered: the keys' positions
+    # causal, gathered: packed documents, (queries' [B, Tq], keys' [*n, B, Tk]) segment ids
+    segments: tuple[Int[Array, "B Tq"], Int[Array, "*n B Tk"]] | None = None
 
 
-def causal(positions: Int[Array, "B T"] | None = None, window: int | None = None) -> Visibility:
-    """q, k, v one sequence; `positions` are needed where it is split over the context axis."""
-    return Visibility("causal", window, positions=positions)
+def causal(
+    positions: Int[Array, "B T"] | None = None,
+    window: int | None = None,
+    segment_ids: Int[Array, "B T"] | None = None,
+) -> Visibility:
+    """q, k, v one sequence; `positions` are needed where it is split over the context axis;
+    `segment_ids`: packed documents, each attending within itself."""
+    segments = None if segment_ids is None else (segment_ids, segment_ids)
+    return Visibility("causal", window, positions=positions, segments=segments)
 
 
 def cached(lengths: Int[Array, " B"], window: int | None = None) -> Visibility:
     return Visibility("cached", window, lengths=lengths)
 
 
-def gathered(positions: Int[Array, "B T"], kv_positions: Int[Array, "*n B S"]) -> Visibility:
-    return Visibility("gathered", positions=positions, kv_positions=kv_positions)
+def gathered(
+    positions: Int[Array, "B T"],
+    kv_positions: Int[Array, "*n B S"],
+    segments: tuple[Int[Array, "B T"], Int[Array, "*n B S"]] | None = None,
+) -> Visibility:
+    return Visibility("gathered", positions=positions, kv_positions=kv_positions, segments=segments)
 
 
 def attend(
@@ -81,13 +94,20 @@ def attend(
         )
     scales = {"k_scale": k_scale, "v_scale": v_scale}
     options = {"impl": runtime.attention_impl, **runtime.kernel_options}
+    if vis.segments is not None:
+        # Packed documents run the XLA forms, which mask by segment; the Pallas and cuDNN
+        # kernels mask by index only (segment ids in the kernels: not written yet).
+        options["impl"] = "xla"
     split = sharding.tracing().context_size > 1
     if vis.kind == "gathered":
-        return context_parallel.cross_attention(q, vis.positions, k, v, vis.kv_positions, **options)
+        return context_parallel.cross_attention(
+            q, vis.positions, k, v, vis.kv_positions, vis.segments, **options
+        )
     if vis.kind == "causal" and split and vis.window is not None:
-        return context_parallel.window_attention(q, k, v, vis.positions, vis.window, **options)
+        seg = None if vis.segments is None else vis.segments[0]
+        return context_parallel.window_attention(q, k, v, vis.positions, vis.window, seg, **options)
     if vis.kind == "causal":  # whole, or (no window: the baseline) left to XLA's partitioner
-        return causal_attention(q, k, v, window=vis.window, **options)
+        return causal_attention(q, k, v, window=vis.window, segments=vis.segments, **options)
     if split and vis.window is None:  # YOCO's global cache, split along its length (yoco.py)
         return context_parallel.cache_attention(q, k, v, vis.lengths, **scales)
     # A window's ring (a few thousand entries) stays whole on every device.
@@ -100,12 +120,14 @@ def causal_attention(
     v: Float[Array, "B T Hkv Dh"],
     *,
     window: int | None = None,
+    segments: tuple[Int[Array, "B T"], Int[Array, "B T"]] | None = None,
     impl: str = "xla",
     backend: str | None = None,
     interpret: bool | None = None,
 ) -> Float[Array, "B T Hq Dh"]:
     """Causal self/cross attention over a whole sequence (training, full forward), unsplit.
-    `backend`, `interpret`: the Pallas kernels' (ModelConfig.kernel_options)."""
+    `segments`: packed documents (XLA only); `backend`, `interpret`: the Pallas kernels'
+    (ModelConfig.kernel_options)."""
     impl = attention_choice.pick(impl, "causal", q, k.shape[1], window)
     if impl == "cudnn":
         return per_device(attention_choice.cudnn_causal_attention, q, k, v)
@@ -116,7 +138,7 @@ def causal_attention(
         return per_device(kernel, q, k, v)
     b, t = q.shape[:2]
     pos = jnp.broadcast_to(jnp.arange(t), (b, t))
-    return masked_attention(q, k, v, position_mask(pos, pos, window))
+    return masked_attention(q, k, v, position_mask(pos, pos, window, segments))
 
 
 def cache_attention(

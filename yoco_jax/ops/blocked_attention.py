@@ -20,7 +20,8 @@ row lengths of a cache whose key j sits at position j (present below the row's l
 [B, Tk] array is then made, so memory stays independent of the cache). Query at p sees
 keys at s with 0 <= s <= p (and p - window < s). A query that sees no key returns 0. Hidden
 keys never reach the result, even NaN ones (the stale slots of a cache): their values are
-zeroed before they meet the probabilities.
+zeroed before they meet the probabilities. `segments` (q_seg [B, Tq], kv_seg [B, Tk], or None):
+packed documents, a query sees only keys of its own segment (ops/documents.py).
 
 An int8 cache (`k_scale`, `v_scale` [B, Tk, Hkv], kernels/int8.py) is dequantized to q's dtype
 one key block at a time inside the loop, never whole; it is read, not differentiated, so that
@@ -59,7 +60,7 @@ def _key_range(q_pos, kv_pos, window, bk):
     return first, end
 
 
-def _scores(qg, k, v, q_pos, kv_pos, window, bk, j, scales=None):
+def _scores(qg, k, v, q_pos, kv_pos, window, bk, j, segments=None, scales=None):
     """Block j of keys: (scaled scores [B, Hkv, G, Tq, bk] f32, -inf where hidden; its keys,
     values (0 at empty slots), first index). The last block is moved back inside Tk; keys it
     shares with the block before are hidden here (counted there). `scales`: (k_scale,
@@ -81,6 +82,9 @@ def _scores(qg, k, v, q_pos, kv_pos, window, bk, j, scales=None):
     mask = present[:, None, :] & (kp <= qp)  # [B, Tq, bk]
     if window is not None:
         mask &= kp > qp - window
+    if segments is not None:
+        kv_seg = lax.dynamic_slice_in_dim(segments[1], start, bk, axis=1)
+        mask &= segments[0][:, :, None] == kv_seg[:, None, :]
     s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, kb, preferred_element_type=f32) * qg.shape[-1] ** -0.5
     return jnp.where(mask[:, None, None], s, -jnp.inf), kb, vb, start
 
@@ -91,7 +95,7 @@ def _group(x, hkv):
     return x.reshape(b, t, hkv, hq // hkv, d)
 
 
-def forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, scales=None):
+def forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, segments=None, scales=None):
     """(output [B, Tq, Hq, Dh] in q's dtype, log-sum-exp [B, Hkv, G, Tq] float32, inf where a
     query sees no key); `bk`: keys per block (at most Tk). Positions int32. `scales`: as in
     `_scores`."""
@@ -101,7 +105,7 @@ def forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, scales=None):
 
     def step(j, carry):
         acc, m, denom = carry
-        s, _, vb, _ = _scores(qg, k, v, q_pos, kv_pos, window, bk, j, scales)
+        s, _, vb, _ = _scores(qg, k, v, q_pos, kv_pos, window, bk, j, segments, scales)
         m_next = jnp.maximum(m, jnp.max(s, axis=-1))
         m_safe = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # no key yet: keep exp finite
         correction = jnp.exp(m - m_safe)
@@ -120,20 +124,20 @@ def forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, scales=None):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attention(q, k, v, q_pos, kv_pos, window, bk):
-    return forward_with_lse(q, k, v, q_pos, kv_pos, window, bk)[0]
+def _attention(q, k, v, q_pos, kv_pos, window, bk, segments):
+    return forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, segments)[0]
 
 
-def _attention_fwd(q, k, v, q_pos, kv_pos, window, bk):
-    out, lse = forward_with_lse(q, k, v, q_pos, kv_pos, window, bk)
-    return out, (q, k, v, q_pos, kv_pos, out, lse)
+def _attention_fwd(q, k, v, q_pos, kv_pos, window, bk, segments):
+    out, lse = forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, segments)
+    return out, (q, k, v, q_pos, kv_pos, out, lse, segments)
 
 
 def backward(window, bk, saved, d_out):
-    """(dq, dk, dv, None, None) of `forward_with_lse` from what it saved, `(q, k, v, q_pos,
-    kv_pos, out, lse)`, and the output's cotangent (lse may be another call's: the ring's
-    global one). Accumulates in float32; returns the inputs' dtypes."""
-    q, k, v, q_pos, kv_pos, out, lse = saved
+    """(dq, dk, dv, None, None, None) of `forward_with_lse` from what it saved, `(q, k, v,
+    q_pos, kv_pos, out, lse, segments)`, and the output's cotangent (lse may be another call's:
+    the ring's global one). Accumulates in float32; returns the inputs' dtypes."""
+    q, k, v, q_pos, kv_pos, out, lse, segments = saved
     hkv = k.shape[2]
     qg = _group(q, hkv)
     to_stats = lambda x: _group(x, hkv).astype(f32).transpose(0, 2, 3, 1, 4)  # [B,Hkv,G,Tq,D]
@@ -149,7 +153,7 @@ def backward(window, bk, saved, d_out):
 
     def step(j, carry):
         dq, dk, dv = carry
-        s, kb, vb, start = _scores(qg, k, v, q_pos, kv_pos, window, bk, j)
+        s, kb, vb, start = _scores(qg, k, v, q_pos, kv_pos, window, bk, j, segments)
         p = jnp.exp(s - lse[..., None])  # the softmax, 0 where hidden
         dv = add_at(dv, jnp.einsum("bhgqk,bhgqd->bkhd", p, do), start)
         dp = jnp.einsum("bhgqd,bkhd->bhgqk", do, vb.astype(f32))
@@ -160,7 +164,8 @@ def backward(window, bk, saved, d_out):
 
     zeros = lambda x: jnp.zeros_like(x, f32)
     dq, dk, dv = lax.fori_loop(first, end, step, (zeros(qg), zeros(k), zeros(v)))
-    return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None, None
+    dq = dq.reshape(q.shape).astype(q.dtype)
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
 
 
 _attention.defvjp(_attention_fwd, backward)
@@ -177,10 +182,12 @@ def blocked_attention(
     block_keys: int = BLOCK_KEYS,
     k_scale: Float[Array, "B Tk Hkv"] | None = None,
     v_scale: Float[Array, "B Tk Hkv"] | None = None,
+    segments: tuple[Int[Array, "B Tq"], Int[Array, "B Tk"]] | None = None,
 ) -> Float[Array, "B Tq Hq Dh"]:
     """Causal (optionally sliding-window) attention by positions; see the module docstring."""
     bk = min(block_keys, k.shape[1])
     q_pos, kv_pos = q_pos.astype(jnp.int32), kv_pos.astype(jnp.int32)
     if k_scale is not None:  # an int8 cache: the forward alone
-        return forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, (k_scale, v_scale))[0]
-    return _attention(q, k, v, q_pos, kv_pos, window, bk)
+        scales = (k_scale, v_scale)
+        return forward_with_lse(q, k, v, q_pos, kv_pos, window, bk, segments, scales)[0]
+    return _attention(q, k, v, q_pos, kv_pos, window, bk, segments)

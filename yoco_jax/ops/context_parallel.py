@@ -16,6 +16,9 @@ positions [i * T/n, (i + 1) * T/n). Shapes below are global; `n` is the axis siz
   slices i and 2n-1-i), so that every device does the same causal work; see docs/training.md.
 - `cache_attention`: decoding against a K/V cache that stays split along its length.
 
+Packed documents: `segments` (the queries' and keys' segment ids, ops/documents.py) travel with
+the positions: through the window halo, the gather, the ring and the zig-zag layout.
+
 All of it is differentiable, so the backward passes are exact (all_gather transposes to a
 reduce-scatter, in float32 for K/V; ppermute to the reverse ppermute).
 """
@@ -81,36 +84,46 @@ def window_attention(
     v: Float[Array, "B T H Dh"],
     positions: Int[Array, "B T"],
     window: int,
+    segment_ids: Int[Array, "B T"] | None = None,
     **kernel,
 ) -> Float[Array, "B T H Dh"]:
-    """Sliding-window attention (keys in (p - window, p]) over slices; kernel: halves_kernel's."""
+    """Sliding-window attention (keys in (p - window, p]) over slices; kernel: halves_kernel's;
+    `segment_ids`: packed documents (keys of the query's own segment only)."""
     t, n = q.shape[1], sharding.tracing().context_size
     check_length(t, n)
     local_len = t // n
     hops = min(n - 1, -(-(window - 1) // local_len))  # slices a window can reach back into
     attend = halves_kernel(q, t, window, **kernel) or _by_halves
 
-    def local(q, k, v, pos):
+    def local(q, k, v, pos, seg):
+        documents = {} if seg is None else {"segments": (seg, seg)}
         if hops == 0:
-            return attend(q, pos, k, v, pos, window)
+            return attend(q, pos, k, v, pos, window, **documents)
         keep = min(window - 1, hops * local_len)  # halo entries that can be in a window
         halo = lambda x: _halo(x, hops)[:, -keep:]
         # Positions travel as pos + 1 so that a missing slice (zeros) arrives as -1: empty.
         kv_pos = jnp.concatenate([halo(pos + 1) - 1, pos], axis=1)
         keys = jnp.concatenate([halo(k), k], axis=1)
         values = jnp.concatenate([halo(v), v], axis=1)
-        return attend(q, pos, keys, values, kv_pos, window)
+        if seg is not None:
+            documents = {"segments": (seg, jnp.concatenate([halo(seg), seg], axis=1))}
+        return attend(q, pos, keys, values, kv_pos, window, **documents)
 
-    return shard(local, (SPLIT,) * 4, SPLIT, attend is _by_halves)(q, k, v, positions)
+    specs = (SPLIT,) * 5
+    return shard(local, specs, SPLIT, attend is _by_halves)(q, k, v, positions, segment_ids)
 
 
-def _by_halves(q, pos, k, v, kv_pos, window=None):
+def _by_halves(q, pos, k, v, kv_pos, window=None, segments=None):
     """Blocked attention of each half of the local queries on its own, so that each half skips
     the key blocks past its own last position (the two zig-zag halves differ most)."""
     block = half_block_keys(q.shape[1])
-    attend = lambda s: blocked_attention(
-        q[:, s], k, v, pos[:, s], kv_pos, window=window, block_keys=block
-    )
+
+    def attend(s):
+        documents = None if segments is None else (segments[0][:, s], segments[1])
+        return blocked_attention(
+            q[:, s], k, v, pos[:, s], kv_pos, window=window, block_keys=block, segments=documents
+        )
+
     return jnp.concatenate([attend(s) for s in halves(q.shape[1])], axis=1)
 
 
@@ -119,8 +132,10 @@ def gather_kv(
     v: Float[Array, "B T H Dh"],
     positions: Int[Array, "B T"],
     mode: str = "auto",
-) -> tuple[Array, Array, Array]:
-    """The global K/V (and their positions) gathered whole onto every slice, once per step;
+    segment_ids: Int[Array, "B T"] | None = None,
+) -> tuple[Array, Array, Array, Array | None]:
+    """The global K/V, their positions and segment ids (None without) gathered whole onto every
+    slice, once per step;
     or, where `mode` (Runtime.context_attention) picks ring attention (ops/ring_attention.py),
     left split [B, T, ...] in zig-zag order (balanced, like the cross-decoder's queries).
 
@@ -131,12 +146,12 @@ def gather_kv(
     """
     check_length(k.shape[1])
     if choose(mode, k.shape, k.dtype.itemsize) == "ring":
-        return tuple(map(balance, (k, v, positions)))
+        return tuple(None if x is None else balance(x) for x in (k, v, positions, segment_ids))
 
-    def local(k, v, pos):  # K/V gradients reduce in float32 (ops/collectives.py)
-        return tuple(collectives.all_gather(x, AXIS, 1)[None] for x in (k, v, pos))
+    def local(*xs):  # K/V gradients reduce in float32 (ops/collectives.py)
+        return tuple(None if x is None else collectives.all_gather(x, AXIS, 1)[None] for x in xs)
 
-    return shard(local, (SPLIT,) * 3, (P(AXIS),) * 3)(k, v, positions)
+    return shard(local, (SPLIT,) * 4, (P(AXIS),) * 4)(k, v, positions, segment_ids)
 
 
 def cross_attention(
@@ -145,17 +160,24 @@ def cross_attention(
     k: Float[Array, "*n B S Hkv Dh"],
     v: Float[Array, "*n B S Hkv Dh"],
     kv_positions: Int[Array, "*n B S"],
+    segments: tuple[Int[Array, "B T"], Int[Array, "*n B S"]] | None = None,
     **kernel,
 ) -> Float[Array, "B T Hq Dh"]:
-    """Local queries (split over the axis) against the gathered K/V (from `gather_kv`)."""
+    """Local queries (split over the axis) against the gathered K/V (from `gather_kv`);
+    `segments`: the queries' and (gathered) keys' segment ids, or None."""
     check_length(q.shape[1])
     if k.ndim == 4:  # not gathered: ring attention
-        return ring_cross_attention(q, positions, k, v, kv_positions)
+        return ring_cross_attention(q, positions, k, v, kv_positions, segments)
 
     attend = halves_kernel(q, k.shape[-3], **kernel) or _by_halves
-    local = lambda q, pos, k, v, kv_pos: attend(q, pos, k[0], v[0], kv_pos[0])
-    specs = (SPLIT, SPLIT) + (P(AXIS),) * 3
-    return shard(local, specs, SPLIT, attend is _by_halves)(q, positions, k, v, kv_positions)
+
+    def local(q, pos, k, v, kv_pos, segments):
+        documents = {} if segments is None else {"segments": (segments[0], segments[1][0])}
+        return attend(q, pos, k[0], v[0], kv_pos[0], **documents)
+
+    specs = (SPLIT, SPLIT) + (P(AXIS),) * 3 + (None if segments is None else (SPLIT, P(AXIS)),)
+    fn = shard(local, specs, SPLIT, attend is _by_halves)
+    return fn(q, positions, k, v, kv_positions, segments)
 
 
 def _route(x, source):

@@ -31,9 +31,13 @@ def masked_attention(
 
 
 def position_mask(
-    q_pos: Int[Array, "B Tq"], kv_pos: Int[Array, "B Tk"], window: int | None = None
+    q_pos: Int[Array, "B Tq"],
+    kv_pos: Int[Array, "B Tk"],
+    window: int | None = None,
+    segments: tuple[Int[Array, "B Tq"], Int[Array, "B Tk"]] | None = None,
 ) -> Bool[Array, "B Tq Tk"]:
-    """Causal (kv_pos <= q_pos), optionally windowed (kv_pos > q_pos - window).
+    """Causal (kv_pos <= q_pos), optionally windowed (kv_pos > q_pos - window) and within one
+    packed document (`segments`: the queries' and keys' segment ids, equal).
 
     Negative kv positions mark empty slots.
     """
@@ -41,4 +45,6 @@ def position_mask(
     mask = (kp <= qp) & (kp >= 0)
     if window is not None:
         mask &= kp > qp - window
+    if segments is not None:
+        mask &= segments[0][:, :, None] == segments[1][:, None, :]
     return mask

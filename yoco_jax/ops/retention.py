@@ -14,13 +14,18 @@ Decay sums, states and the key scale are float32 whatever the input dtype (q k^T
 of the inputs accumulated in float32, scaled after), so the three forms compute the same
 function in bfloat16 too. Shapes: q, k `[B, T, H, Dk]`,
 v `[B, T, H, Dv]`, log_gate `[B, T, H]`, state `[B, H, Dk, Dv]`.
+
+Packed documents (ops/documents.py): `starts` [B, T] marks where a document starts; the state
+before it is dropped (S_t = k_t^T v_t), as if gamma_t were 0. The chunkwise form keeps its log
+decays finite and cuts them by counting the starts inside each chunk: position i sees key j
+(and the state carried into the chunk) only with no start in (j, i].
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 f32 = jnp.float32
 # Tokens whose chunks are batched together (see chunkwise_retention), per platform: on CPU one
@@ -78,6 +83,7 @@ def _chunk_group(
     k: Float[Array, "B N C H Dk"],
     v: Float[Array, "B N C H Dv"],
     log_gate: Float[Array, "B N C H"],
+    starts: Bool[Array, "B N C"] | None = None,
 ) -> tuple[Float[Array, "B H Dk Dv"], Float[Array, "B N C H Dv"]]:
     """N consecutive chunks of C tokens after `state`: each chunk's inner (masked, decayed)
     attention and its own state k^T v are batched matmuls over the N chunks; the states are
@@ -86,15 +92,23 @@ def _chunk_group(
     scale = dk**-0.5  # applied in float32: a bfloat16 k * scale would round
     cum = jnp.cumsum(log_gate.astype(f32), axis=2)  # [B, N, C, H]
     total = cum[:, :, -1]  # [B, N, H]: log decay across each chunk
-    causal = jnp.tril(jnp.ones((c, c), bool))
+    visible = jnp.tril(jnp.ones((c, c), bool))
+    from_start = to_end = through = jnp.ones((), bool)
+    if starts is not None:  # documents: the starts up to each position, counted in its chunk
+        seen = jnp.cumsum(starts, axis=2)  # [B, N, C]
+        visible = visible & (seen[..., :, None] == seen[..., None, :])[:, :, None]
+        from_start = (seen == 0)[..., None]  # no start since the chunk's first token
+        to_end = (seen == seen[:, :, -1:])[..., None, None]  # none after it to the chunk's end
+        through = seen[:, :, -1:] == 0  # none in the chunk: the carried state flows through
     cum_h = jnp.moveaxis(cum, 2, 3)  # [B, N, H, C]
-    diff = jnp.where(causal, cum_h[..., :, None] - cum_h[..., None, :], -jnp.inf)
+    diff = jnp.where(visible, cum_h[..., :, None] - cum_h[..., None, :], -jnp.inf)
     inner = _dot("bnihd,bnjhd->bnhij", q, k) * (scale * jnp.exp(diff))
     out = _dot("bnhij,bnjhd->bnihd", inner, v)
-    to_end = jnp.exp(total[:, :, None] - cum)[..., None]  # decay from each position to its end
-    local = _dot("bnjhk,bnjhv->bnhkv", k.astype(f32) * scale, v.astype(f32) * to_end)
-    states = _carry_states(state, jnp.exp(total), local)  # [B, N+1, H, Dk, Dv]
-    out += _dot("bnihk,bnhkv->bnihv", q.astype(f32) * jnp.exp(cum)[..., None], states[:, :-1])
+    decay_to_end = jnp.exp(total[:, :, None] - cum)[..., None] * to_end  # each position's
+    local = _dot("bnjhk,bnjhv->bnhkv", k.astype(f32) * scale, v.astype(f32) * decay_to_end)
+    states = _carry_states(state, jnp.exp(total) * through, local)  # [B, N+1, H, Dk, Dv]
+    q_decay = jnp.exp(cum) * from_start
+    out += _dot("bnihk,bnhkv->bnihv", q.astype(f32) * q_decay[..., None], states[:, :-1])
     return states[:, -1], out
 
 
@@ -106,8 +120,10 @@ def chunkwise_retention(
     chunk_size: int,
     state: Float[Array, "B H Dk Dv"] | None = None,
     group_tokens: int | None = None,
+    starts: Bool[Array, "B T"] | None = None,
 ) -> tuple[Float[Array, "B T H Dv"], Float[Array, "B H Dk Dv"]]:
     """Chunkwise-parallel form for any T; returns the outputs and the final state.
+    `starts`: where packed documents start (the module docstring); None: one sequence.
 
     The chunks go in groups of about `group_tokens` tokens (default: GROUP_TOKENS for the
     platform): batched within a group (`_chunk_group`), a `lax.scan` from group to group
@@ -132,13 +148,14 @@ def chunkwise_retention(
         widths = [(0, 0), (0, pad)]
         q, k, v = (jnp.pad(x, widths + [(0, 0), (0, 0)]) for x in (q, k, v))
         log_gate = jnp.pad(log_gate, widths + [(0, 0)])
+        starts = None if starts is None else jnp.pad(starts, widths)
 
     def split(x):  # [B, groups*N*C, ...] -> [groups, B, N, C, ...]
         return jnp.moveaxis(x.reshape(b, groups, per_group, c, *x.shape[2:]), 1, 0)
 
-    xs = tuple(map(split, (q, k, v, log_gate)))
+    xs = tuple(map(split, (q, k, v, log_gate))) + (None if starts is None else split(starts),)
     if groups == 1:
-        state, out = _chunk_group(state, *(x[0] for x in xs))
+        state, out = _chunk_group(state, *jax.tree.map(lambda x: x[0], xs))
         out = out[None]
     else:
         state, out = jax.lax.scan(lambda s, x: _chunk_group(s, *x), state, xs)
@@ -152,9 +169,13 @@ def recurrent_retention(
     v: Float[Array, "B H Dv"],
     log_gate: Float[Array, "B H"],
     state: Float[Array, "B H Dk Dv"],
+    start: Bool[Array, " B"] | None = None,
 ) -> tuple[Float[Array, "B H Dv"], Float[Array, "B H Dk Dv"]]:
-    """One decoding step: S = gamma S + k^T v, o = q S."""
+    """One decoding step: S = gamma S + k^T v, o = q S; `start`: rows where a document starts
+    here (their state is dropped first)."""
     k = k.astype(f32) * k.shape[-1] ** -0.5
+    if start is not None:
+        state = jnp.where(start[:, None, None, None], 0.0, state)
     new_state = jnp.exp(log_gate.astype(f32))[..., None, None] * state + _dot(
         "bhk,bhv->bhkv", k, v.astype(f32)
     )

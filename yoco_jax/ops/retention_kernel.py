@@ -73,6 +73,7 @@ def chunkwise(
     chunk_size: int,
     state=None,
     *,
+    starts=None,
     impl: str = "xla",
     backend: str | None = None,
     interpret: bool | None = None,
@@ -81,8 +82,10 @@ def chunkwise(
     Dk, Dv]` float32) by `impl`; `backend`, `interpret`: ModelConfig.kernel_options."""
     if impl not in IMPLS:
         raise ValueError(f"retention impl must be one of {IMPLS}, got {impl!r}.")
-    if impl == "xla":
-        return chunkwise_retention(q, k, v, log_gate, chunk_size, state)
+    # Packed documents (`starts`) run the XLA form whatever `impl` says: the kernel carries
+    # its state through every position (resets in the kernel: not written yet).
+    if impl == "xla" or starts is not None:
+        return chunkwise_retention(q, k, v, log_gate, chunk_size, state, starts=starts)
     if resolve_backend(backend) != "gpu":
         raise ValueError(
             "retention_impl=pallas has a GPU (Triton) kernel only: set retention_impl=xla on TPU "

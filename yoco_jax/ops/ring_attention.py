@@ -21,6 +21,7 @@ in bfloat16 each hop's partial output and gradients are rounded once before they
 
 Shapes: q [B, Tq, Hq, Dh] and positions [B, Tq]; k, v [B, Tk, Hkv, Dh] and kv_positions [B, Tk],
 all split along their length over the axis (query head h reads kv head h // (Hq // Hkv)).
+Packed documents: the keys' segment ids travel with the blocks like their positions.
 """
 
 from __future__ import annotations
@@ -71,11 +72,19 @@ def choose(mode: str, shape: tuple[int, ...], itemsize: int, mesh=None) -> str:
     return "gather" if gathered_bytes(shape, itemsize, mesh) <= GATHER_LIMIT_BYTES else "ring"
 
 
-def _attend(q, pos, k, v, kv_pos):
+def _halves(seg, kv_seg, s):
+    """The packed-document segments of the query half s, or None."""
+    return None if seg is None else (seg[:, s], kv_seg)
+
+
+def _attend(q, pos, seg, k, v, kv_pos, kv_seg):
     """Local queries against one block: (output [B, Tq, Hq, Dh], its log-sum-exp [B, Hkv, G, Tq]
     float32, -inf where a query sees no key of the block)."""
     bk, t = half_block_keys(q.shape[1]), q.shape[1]
-    parts = [forward_with_lse(q[:, s], k, v, pos[:, s], kv_pos, None, bk) for s in halves(t)]
+    parts = [
+        forward_with_lse(q[:, s], k, v, pos[:, s], kv_pos, None, bk, _halves(seg, kv_seg, s))
+        for s in halves(t)
+    ]
     out = jnp.concatenate([o for o, _ in parts], axis=1)
     lse = jnp.concatenate([lse for _, lse in parts], axis=-1)
     return out, jnp.where(lse == jnp.inf, -jnp.inf, lse)
@@ -102,42 +111,44 @@ def _next(x):
     return lax.ppermute(x, AXIS, [(i, (i + 1) % n) for i in range(n)])
 
 
-def _forward_ring(q, pos, k, v, kv_pos):
+def _forward_ring(q, pos, k, v, kv_pos, seg, kv_seg):
     def hop(_, carry):
         block, out, lse = carry
         sent = jax.tree.map(_next, block)  # in flight while this block is attended
-        return (sent, *_merge(out, lse, *_attend(q, pos, *block)))
+        return (sent, *_merge(out, lse, *_attend(q, pos, seg, *block)))
 
     # Carries derived from q: varying over the axis (as a loop carry must be), q's sharding.
     out = jnp.zeros_like(q, f32)
     b, t = q.shape[:2]
     lse = out[..., 0].reshape(b, t, k.shape[2], -1).transpose(0, 2, 3, 1) - jnp.inf
-    block, out, lse = lax.fori_loop(0, lax.axis_size(AXIS) - 1, hop, ((k, v, kv_pos), out, lse))
-    out, lse = _merge(out, lse, *_attend(q, pos, *block))
+    block = (k, v, kv_pos, kv_seg)
+    block, out, lse = lax.fori_loop(0, lax.axis_size(AXIS) - 1, hop, (block, out, lse))
+    out, lse = _merge(out, lse, *_attend(q, pos, seg, *block))
     return out.astype(q.dtype), lse
 
 
 @jax.custom_vjp
-def _ring(q, pos, k, v, kv_pos):
-    return _forward_ring(q, pos, k, v, kv_pos)[0]
+def _ring(q, pos, k, v, kv_pos, seg, kv_seg):
+    return _forward_ring(q, pos, k, v, kv_pos, seg, kv_seg)[0]
 
 
-def _ring_fwd(q, pos, k, v, kv_pos):
-    out, lse = _forward_ring(q, pos, k, v, kv_pos)
-    return out, (q, pos, k, v, kv_pos, out, lse)
+def _ring_fwd(q, pos, k, v, kv_pos, seg, kv_seg):
+    out, lse = _forward_ring(q, pos, k, v, kv_pos, seg, kv_seg)
+    return out, (q, pos, k, v, kv_pos, seg, kv_seg, out, lse)
 
 
 def _ring_bwd(saved, d_out):
-    q, pos, k, v, kv_pos, out, lse = saved
+    q, pos, k, v, kv_pos, seg, kv_seg, out, lse = saved
     lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)  # the blocked backward's "no key": p = 0
     bk = half_block_keys(q.shape[1])
 
     def grads(block):
         """This device's queries' share of the gradients: (dq, dk, dv) of the block, float32."""
-        kb, vb, pb = block
+        kb, vb, pb, sb = block
         dq, dk, dv = [], 0.0, 0.0
         for s in halves(q.shape[1]):
-            saved = (q[:, s], kb, vb, pos[:, s], pb, out[:, s], lse[..., s])
+            segments = _halves(seg, sb, s)
+            saved = (q[:, s], kb, vb, pos[:, s], pb, out[:, s], lse[..., s], segments)
             g = backward(None, bk, saved, d_out[:, s])
             dq, dk, dv = dq + [g[0].astype(f32)], dk + g[1].astype(f32), dv + g[2].astype(f32)
         return jnp.concatenate(dq, axis=1), dk, dv
@@ -150,11 +161,12 @@ def _ring_bwd(saved, d_out):
         return sent, jax.tree.map(_next, dkv), dq + g[0]
 
     zeros = lambda x: jnp.zeros_like(x, f32)
-    carry = ((k, v, kv_pos), (zeros(k), zeros(v)), zeros(q))
+    carry = ((k, v, kv_pos, kv_seg), (zeros(k), zeros(v)), zeros(q))
     block, (dk, dv), dq = lax.fori_loop(0, lax.axis_size(AXIS) - 1, hop, carry)
     g = grads(block)
     dk, dv = _next(dk + g[1]), _next(dv + g[2])  # the last hop: home, where the block started
-    return (dq + g[0]).astype(q.dtype), None, dk.astype(k.dtype), dv.astype(v.dtype), None
+    dq = (dq + g[0]).astype(q.dtype)
+    return dq, None, dk.astype(k.dtype), dv.astype(v.dtype), None, None, None
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
@@ -166,10 +178,13 @@ def ring_cross_attention(
     k: Float[Array, "B S Hkv Dh"],
     v: Float[Array, "B S Hkv Dh"],
     kv_positions: Int[Array, "B S"],
+    segments: tuple[Int[Array, "B T"], Int[Array, "B S"]] | None = None,
 ) -> Float[Array, "B T Hq Dh"]:
     """Causal attention by global position, everything split along its length over `context`
-    (a shard_map manual over that axis only: batch and head sharding pass through)."""
+    (a shard_map manual over that axis only: batch and head sharding pass through);
+    `segments`: the queries' and keys' packed-document segment ids, or None."""
     split = P(None, AXIS)
     as_int = lambda x: x.astype(jnp.int32)
-    ring = jax.shard_map(_ring, in_specs=(split,) * 5, out_specs=split, axis_names={AXIS})
-    return ring(q, as_int(positions), k, v, as_int(kv_positions))
+    seg, kv_seg = (None, None) if segments is None else map(as_int, segments)
+    ring = jax.shard_map(_ring, in_specs=(split,) * 7, out_specs=split, axis_names={AXIS})
+    return ring(q, as_int(positions), k, v, as_int(kv_positions), seg, kv_seg)

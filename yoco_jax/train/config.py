@@ -57,6 +57,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     clip_norm: float = 2.0  # global gradient norm; 0 = no clipping (the only way to turn it off)
     loss_chunk: int = 1024  # positions per cross-entropy chunk (bounds float32 logits memory)
+    # Packed documents computed as if each were alone (docs/training.md); false: the official
+    # semantics, a row is one causal context.
+    document_resets: bool = False
     # Parallelism: mesh axis sizes, -1 = the remaining devices.
     mesh: dict = dataclasses.field(
         default_factory=lambda: {"data": -1, "fsdp": 1, "context": 1, "tensor": 1}

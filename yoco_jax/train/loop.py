@@ -59,6 +59,7 @@ def _train_in_mesh(config: TrainConfig, model_config, tokenizer, mesh) -> dict:
         mesh,
         grad_accum=config.grad_accum,
         loss_chunk=config.loss_chunk,
+        document_resets=config.document_resets,
     )
     check_memory(config, model_config, trainer)
     sources = resolve_sources(config.data.path, config.data.kind)  # reads and checks every file

@@ -33,7 +33,8 @@ class Trainer:
 
     module: a linen model with `apply(variables, tokens, method="hidden")` -> final-normed
     hidden states [B, T, D] and params["output_projection"]["kernel"] [D, V]. Packed documents
-    share one causal context per row: the model takes no segment ids.
+    share one causal context per row, unless `document_resets`: then the batch's segment ids go
+    to the model, which computes each document as if it were alone (ops/documents.py).
     """
 
     def __init__(
@@ -45,9 +46,11 @@ class Trainer:
         *,
         grad_accum: int = 1,
         loss_chunk: int = 1024,
+        document_resets: bool = False,
     ):
         self.module, self.optimizer, self.schedule, self.mesh = module, optimizer, schedule, mesh
         self.grad_accum, self.loss_chunk = grad_accum, loss_chunk
+        self.document_resets = document_resets
         self.batch_sharding = sharding.batch_sharding(mesh)
         with sharding.ensure_mesh(mesh):
             boxed = jax.eval_shape(lambda rng: self._init(rng, unbox=False), jax.random.key(0))
@@ -124,6 +127,7 @@ class Trainer:
         hidden = self.module.apply(
             {"params": params},
             batch["inputs"],
+            segment_ids=batch["segment_ids"] if self.document_resets else None,
             method="hidden",
             rngs=None if rng is None else {"dropout": rng},
         )
