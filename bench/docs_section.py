@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 
@@ -26,7 +27,7 @@ def shown_flags(argv: list[str]) -> list[str]:
         if flag == "--out":
             out += ["--out", "$OUT"]
         elif not skip and flag != "--docs":
-            out.append(arg)
+            out.append(shlex.quote(arg))
         skip = arg in ("--out", "--docs")
     return out
 

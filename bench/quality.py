@@ -79,13 +79,20 @@ def token_rows(data: str, tokenizer, counts: list[int], seq_len: int, seed: int)
     return out
 
 
-def batch(rows: np.ndarray) -> dict:
-    ones = np.ones(rows[:, 1:].shape, np.int32)
-    return {"inputs": rows[:, :-1], "targets": rows[:, 1:], "segment_ids": ones, "loss_mask": ones}
+def batch(rows: np.ndarray, eos: int | None = None) -> dict:
+    """A training batch of packed rows; with `eos`, segment ids that start a new document after
+    each EOS (the EOS ends its own document), for `document_resets`."""
+    inputs, ones = rows[:, :-1], np.ones(rows[:, 1:].shape, np.int32)
+    segments = ones
+    if eos is not None:
+        ends = np.cumsum(inputs == eos, axis=1)
+        segments = (1 + ends - (inputs == eos)).astype(np.int32)
+    return {"inputs": inputs, "targets": rows[:, 1:], "segment_ids": segments, "loss_mask": ones}
 
 
-def train_curve(config, args, train_rows, eval_rows) -> dict:
-    """Trains `config` on `train_rows` in order; eval loss every `eval_every` steps."""
+def train_curve(config, args, train_rows, eval_rows, eos: int | None = None) -> dict:
+    """Trains `config` on `train_rows` in order; eval loss every `eval_every` steps. With `eos`,
+    document resets (segment ids from the EOS tokens) in training and evaluation."""
     from yoco_jax import sharding
     from yoco_jax.model import build_model
     from yoco_jax.train.config import TrainConfig
@@ -104,11 +111,15 @@ def train_curve(config, args, train_rows, eval_rows) -> dict:
     )
     mesh = sharding.make_mesh({"data": -1}, devices=jax.devices()[:1])
     trainer = Trainer(
-        build_model(config), make_optimizer(settings), learning_rate_schedule(settings), mesh
+        build_model(config),
+        make_optimizer(settings),
+        learning_rate_schedule(settings),
+        mesh,
+        document_resets=eos is not None,
     )
     state = trainer.init(args.seed)
     b = args.batch_size
-    evals = [batch(eval_rows[i : i + b]) for i in range(0, len(eval_rows), b)]
+    evals = [batch(eval_rows[i : i + b], eos) for i in range(0, len(eval_rows), b)]
 
     def evaluate(params) -> float:
         sums = [jax.device_get(trainer.eval_loss_sums(params, e)) for e in evals]
@@ -116,7 +127,8 @@ def train_curve(config, args, train_rows, eval_rows) -> dict:
 
     curve, losses, start = [[0, evaluate(state.params)]], [], time.perf_counter()
     for step in range(args.steps):
-        state, metrics = trainer.train_step(state, batch(train_rows[step * b : (step + 1) * b]))
+        rows = train_rows[step * b : (step + 1) * b]
+        state, metrics = trainer.train_step(state, batch(rows, eos))
         losses.append(metrics["loss"])
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             curve.append([step + 1, evaluate(state.params)])

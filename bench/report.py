@@ -622,7 +622,7 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import peer_fla_report
 
         parts.append(peer_fla_report.section(json.loads(peer.read_text())))
-    for quality in sorted(results_dir.glob("quality-*.json")):  # written by bench/quality.py
+    for quality in sorted(results_dir.glob("quality-[!r]*.json")):  # written by bench/quality.py
         from bench import quality as quality_bench
 
         parts.append(quality_bench.section(json.loads(quality.read_text())))
@@ -630,6 +630,10 @@ def write(results_dir: Path, docs: Path) -> Path:
         from bench import serve_load
 
         parts.append(serve_load.section(json.loads(serve.read_text())))
+    for resets in sorted(results_dir.glob("quality-resets-*.json")):  # bench/quality_resets.py
+        from bench import quality_resets
+
+        parts.append(quality_resets.section(json.loads(resets.read_text())))
     for cached in sorted(results_dir.glob("prefix-cache-*.json")):  # bench/prefix_cache.py
         from bench import prefix_cache
 
