@@ -53,9 +53,9 @@ def run(argv, capsys):
     ("flags", "words"),
     [
         (["--num_fewshot", "-1"], ["--num_fewshot", "must be 0 or more"]),
-        (["--prefill_chunk", "0"], ["--prefill_chunk", "must be a positive integer"]),
+        (["--prefill-chunk", "0"], ["--prefill-chunk", "must be a positive integer"]),
         (["--batch_size", "0"], ["--batch_size", "must be a positive integer"]),
-        (["--max_gen_toks", "-5"], ["--max_gen_toks", "must be a positive integer"]),
+        (["--max-gen-toks", "-5"], ["--max-gen-toks", "must be a positive integer"]),
     ],
 )
 def test_bad_flags_exit_2(flags, words, capsys):

@@ -32,7 +32,11 @@ DOCS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").g
 FENCE = re.compile(r"(?:<!--\s*(no-run:.*?|gpu-only)\s*-->\n)?^```(\w*)\n(.*?)^```", re.S | re.M)
 RUN_LANGS = ("bash", "python")
 STEPS = "2"  # YOCO_DOCS_STEPS
-SERVER = "python -m yoco_jax.serve"
+SERVER = (
+    "yoco-serve",
+    "python -m yoco_jax serve",
+    "python -m yoco_jax.serve",
+)  # run in the background
 
 
 def blocks(doc: str) -> list[tuple[int, str, str, str]]:
@@ -117,7 +121,9 @@ def check_install(command: str, where: str) -> None:
 
 
 def run_bash(command: str, where: str, cwd: Path, env: dict, gpu_only: bool) -> None:
-    done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
     if gpu_only:
         error = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(error) == 1, f"{where}: {command!r} {done.stderr}"
