@@ -24,6 +24,8 @@ from yoco_jax.cli.export import main as export_main
 from yoco_jax.cli.train import main as train_main
 from yoco_jax.data.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # a training run and fla's torch model: not in `-m "not slow"`
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TEXTS = ["difflib.py", "json/decoder.py", "encodings/cp1252.py", "locale.py"]  # cp1252: Unicode
 INSTALL = (

@@ -230,6 +230,7 @@ PROMPTS = [[5, 9, 300, 41, 7, 7, 12], [900, 3], list(range(20, 53))]
 TEMPERATURES = [0.0, 0.9, 0.0]
 
 
+@pytest.mark.slow  # generate and a server engine, int8 and float32
 def test_generate_with_int8_equals_generate_on_its_dequantized_values_and_the_server():
     """End to end: `generate` on an int8 cache gives the tokens of `generate` on a float32 cache
     holding the dequantized values (every prefill chunk and decode step alike), here also the

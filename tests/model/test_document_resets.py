@@ -14,6 +14,8 @@ from yoco_jax.model import build_model
 from yoco_jax.ops.documents import document_positions, document_starts
 from yoco_jax.ops.retention import chunkwise_retention, parallel_retention, recurrent_retention
 
+pytestmark = pytest.mark.slow  # every gradient of three models: not in `-m "not slow"`
+
 # chunk 4: documents ending on chunk edges (4, 8) and off them, one token long, and a window (8)
 # that reaches back over several boundaries; row 0 ends in 3 padding tokens.
 CONFIGS = {

@@ -129,6 +129,7 @@ def test_a_checkpoint_restores_into_the_other_layout(tmp_path, saved_scanned):
     _assert_trees_equal(flipped.params, other.params)
 
 
+@pytest.mark.slow  # a context mesh
 def test_context_parallel_with_scan_equals_one_device():
     """The self-decoder's per-slice mixers and the cross-decoder's zig-zag balance work under
     the scan, with the stacked parameters sharded by the rules ('layers' replicated)."""

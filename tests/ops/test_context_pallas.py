@@ -15,6 +15,8 @@ from yoco_jax.config import get_config, replace_checked
 from yoco_jax.kernels import BlockSizes, flash_attention
 from yoco_jax.ops.context_kernels import halves_kernel
 
+pytestmark = pytest.mark.slow  # interpreted kernels over context meshes: not in `-m "not slow"`
+
 BLOCKS = BlockSizes(rows=16, keys=16, rows_bwd=16, keys_bwd=32)
 WINDOW = 9
 # (q_offset, kv_start): offsets not multiples of the blocks, queries reaching past the last key,

@@ -16,6 +16,8 @@ from yoco_jax.ops import context_parallel
 from yoco_jax.train.config import load_train_config
 from yoco_jax.train.loop import train
 
+pytestmark = pytest.mark.slow  # meshes of 8 CPU devices, multi-process runs: not in `-m "not slow"`
+
 # chunk 4 with slices of 5 or 10 tokens: slice lengths that are not multiples of the chunk.
 # yoco-tiny has GQA (4 query heads over 2 kv heads); the window (16) reaches back over 1-3
 # slice boundaries.

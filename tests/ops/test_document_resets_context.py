@@ -18,6 +18,8 @@ from yoco_jax.model import build_model
 from yoco_jax.train.config import load_train_config
 from yoco_jax.train.loop import train
 
+pytestmark = pytest.mark.slow  # meshes of 8 CPU devices: not in `-m "not slow"`
+
 CONFIGS = {
     "retention": get_config("yoco-tiny", n_layers=2, chunk_size=4, dtype="float32"),
     "window": get_config(

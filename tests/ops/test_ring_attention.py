@@ -18,6 +18,8 @@ from yoco_jax.ops import context_parallel as cp
 from yoco_jax.ops import ring_attention
 from yoco_jax.ops.masked_attention import masked_attention, position_mask
 
+pytestmark = pytest.mark.slow  # meshes of 8 CPU devices: not in `-m "not slow"`
+
 B, T, HQ, HKV, D = 2, 48, 4, 2, 8  # GQA 2; slices of 24, 12 or 6 (half slices of 3 at n = 8)
 
 

@@ -18,6 +18,8 @@ from bench.suite import main
 from yoco_jax.model import init_cache
 from yoco_jax.model.cache import tree_bytes
 
+pytestmark = pytest.mark.slow  # the benchmark suites: not in `-m "not slow"`
+
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):

@@ -19,6 +19,8 @@ from yoco_jax.serve.app import create_app  # noqa: E402
 from yoco_jax.serve.background import BackgroundServer  # noqa: E402
 from yoco_jax.serve.engine import Engine  # noqa: E402
 
+pytestmark = pytest.mark.slow  # two lm-eval evaluations: not in `-m "not slow"`
+
 MC = [
     {"question": "def f(x):", "choices": ["\n    return x", " pass", "zebra"], "label": 0},
     {"question": "import", "choices": [" os", " the", "42"], "label": 1},

@@ -9,6 +9,8 @@ from processes import finish, start_train
 
 from yoco_jax import distributed
 
+pytestmark = pytest.mark.slow  # two processes: not in `-m "not slow"`
+
 # A constant learning rate, so a run stopped at step 4 and continued to 8 follows the same
 # schedule as a run of 8 steps; data_shards fixes the batches whatever the process count.
 RUN = [

@@ -29,6 +29,8 @@ from yoco_jax.train.loss import cross_entropy_sums
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
 from yoco_jax.train.step import Trainer
 
+pytestmark = pytest.mark.slow  # training runs: not in `-m "not slow"`
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = get_config("yoco-tiny", n_layers=2)
 

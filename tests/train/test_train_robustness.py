@@ -35,6 +35,8 @@ from yoco_jax.train.loop import train
 from yoco_jax.train.optim import learning_rate_schedule, make_optimizer
 from yoco_jax.train.step import Trainer
 
+pytestmark = pytest.mark.slow  # training runs: not in `-m "not slow"`
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN = [
     "model=yoco-tiny",
