@@ -47,7 +47,10 @@ class PrefixStore:
             if key in self._lru:
                 self._lru.move_to_end(key)
                 return self._lru[key]
-        cache, logits, _ = load_cache(path, self.model.config, params=self.model.params)
+        try:
+            cache, logits, _ = load_cache(path, self.model.config, params=self.model.params)
+        except ValueError as e:  # name the cache as the client did, not the server's path
+            raise ValueError(str(e).replace(str(path), f"cache {name!r}")) from None
         rows = cache.lengths.shape[0]
         if rows != 1:
             raise ValueError(f"cache {name!r} holds {rows} rows: save the cache of one prompt")
