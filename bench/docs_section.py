@@ -46,3 +46,14 @@ def render_only(args, write_docs) -> bool:
     for path in args.render or []:
         write_docs(json.loads(Path(path).read_text()), Path(args.docs))
     return bool(args.render)
+
+
+def save_results(res: dict, args, name: str, root: Path, write_docs) -> Path:
+    """Writes a stand-alone benchmark's results JSON (--out, default
+    bench/results/<name>-<backend>.json) and, unless --docs '', its docs section."""
+    out = Path(args.out or root / "bench" / "results" / f"{name}-{res['backend']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    if args.docs:
+        write_docs(res, Path(args.docs))
+    return out

@@ -16,7 +16,6 @@ docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.docs_section import add_output_flags, render_only, replace_section, shown_flags
+from bench.docs_section import (
+    add_output_flags,
+    render_only,
+    replace_section,
+    save_results,
+    shown_flags,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Prefix cache: time to first token, cold vs warm"
@@ -143,11 +148,7 @@ def main(argv=None) -> dict:
         **measure(args),
     }
     print("\n" + section(res))
-    out = Path(args.out or ROOT / "bench" / "results" / f"prefix-cache-{res['backend']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    if args.docs:
-        write_docs(res, Path(args.docs))
+    save_results(res, args, "prefix-cache", ROOT, write_docs)
     return res
 
 

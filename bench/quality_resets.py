@@ -13,14 +13,19 @@ Writes bench/results/quality-resets-<backend>.json and the "Document resets at e
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import jax
 
-from bench.docs_section import add_output_flags, render_only, replace_section, shown_flags
+from bench.docs_section import (
+    add_output_flags,
+    render_only,
+    replace_section,
+    save_results,
+    shown_flags,
+)
 from bench.quality import token_rows, train_curve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,11 +108,7 @@ def main(argv=None) -> dict:
         print(f"{name}:", flush=True)
         res[name] = train_curve(config, args, train_rows, eval_rows, eos)
     print("\n" + section(res))
-    out = Path(args.out or ROOT / "bench" / "results" / f"quality-resets-{res['backend']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    if args.docs:
-        write_docs(res, Path(args.docs))
+    save_results(res, args, "quality-resets", ROOT, write_docs)
     return res
 
 

@@ -26,7 +26,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from bench.docs_section import add_output_flags, render_only, replace_section, shown_flags
+from bench.docs_section import (
+    add_output_flags,
+    render_only,
+    replace_section,
+    save_results,
+    shown_flags,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "## Serving under load: YOCO vs Transformer"
@@ -258,11 +264,7 @@ def main(argv=None) -> dict:
         res[arch] = serve_model(config, slots, args, loads)
         res[arch]["cache_bytes"] = cache_bytes(config, slots, args.max_len)
     print("\n" + section(res))
-    out = Path(args.out or ROOT / "bench" / "results" / f"serve-{res['backend']}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
-    if args.docs:
-        write_docs(res, Path(args.docs))
+    save_results(res, args, "serve", ROOT, write_docs)
     return res
 
 
